@@ -1,0 +1,298 @@
+"""The aggregations of CONTRACT section 3, shared by every stage that aggregates.
+
+An aggregation keeps an accumulator that can be added to one value at a time and merged
+with another (sessions merge); ``result`` turns it into the value written in results and in
+the state dump. Accumulators are plain picklable values.
+"""
+
+from __future__ import annotations
+
+import json
+from bisect import insort
+from typing import Any
+
+from runner.components import ProcessingError
+
+RESERVED = frozenset({"id", "stage", "key", "window_start", "window_end", "duration_s", "milestone", "value"})
+SKIP = object()  # an absent or null value: skipped by every aggregation but count
+
+
+def _number(field: str, value):
+    if value is None:
+        return SKIP
+    if value.__class__ is int or value.__class__ is float:
+        return value
+    raise ProcessingError(f"wrong type for field {field}: expected number, got {_kind(value)}")
+
+
+def _scalar(field: str, value):
+    """A value as aggregations compare it: strings as they are, numbers by value, booleans
+    apart from numbers (True == 1 in Python, not in JSON)."""
+    if value is None:
+        return SKIP
+    cls = value.__class__
+    if cls is str:
+        return value
+    if cls is bool:
+        return ("bool", value)
+    if cls is int or cls is float:
+        return ("num", int(value) if cls is float and value.is_integer() else value)
+    raise ProcessingError(f"wrong type for field {field}: expected a string, number or boolean, got {_kind(value)}")
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    return {dict: "object", list: "array", str: "string"}.get(type(value), "number")
+
+
+def _plain(canonical):
+    return canonical[1] if canonical.__class__ is tuple else canonical
+
+
+def _text(canonical) -> str:
+    """count_by keys: the string itself, or the compact JSON text of a number or boolean."""
+    if canonical.__class__ is str:
+        return canonical
+    return json.dumps(canonical[1])
+
+
+_TOP_RANK = {"num": 0, "bool": 2}
+
+
+def _top_order(canonical, count):
+    if canonical.__class__ is str:
+        return (-count, 1, canonical)
+    kind, value = canonical
+    rank = 0 if kind == "num" else (3 if value else 2)
+    return (-count, rank, value if kind == "num" else 0)
+
+
+class Aggregation:
+    needs_order = False
+
+    def __init__(self, name: str, field: str | None, spec: dict | str):
+        self.name, self.field, self.spec = name, field, spec
+
+    def extract(self, data: dict):
+        return _number(self.field, data.get(self.field))
+
+    def new(self):
+        raise NotImplementedError
+
+    def result(self, acc):
+        return acc
+
+
+class Count(Aggregation):
+    def extract(self, data):
+        return 1
+
+    def new(self):
+        return 0
+
+    def add(self, acc, value, order):
+        return acc + 1
+
+    def merge(self, a, b):
+        return a + b
+
+
+class Sum(Aggregation):
+    def new(self):
+        return 0
+
+    def add(self, acc, value, order):
+        return acc + value
+
+    def merge(self, a, b):
+        return a + b
+
+
+class Avg(Aggregation):
+    def new(self):
+        return (0, 0)
+
+    def add(self, acc, value, order):
+        return (acc[0] + value, acc[1] + 1)
+
+    def merge(self, a, b):
+        return (a[0] + b[0], a[1] + b[1])
+
+    def result(self, acc):
+        return acc[0] / acc[1] if acc[1] else None
+
+
+class Min(Aggregation):
+    def new(self):
+        return None
+
+    def add(self, acc, value, order):
+        return value if acc is None or value < acc else acc
+
+    def merge(self, a, b):
+        return b if a is None else a if b is None else min(a, b)
+
+
+class Max(Min):
+    def add(self, acc, value, order):
+        return value if acc is None or value > acc else acc
+
+    def merge(self, a, b):
+        return b if a is None else a if b is None else max(a, b)
+
+
+class CountDistinct(Aggregation):
+    def extract(self, data):
+        return _scalar(self.field, data.get(self.field))
+
+    def new(self):
+        return set()
+
+    def add(self, acc, value, order):
+        acc.add(value)
+        return acc
+
+    def merge(self, a, b):
+        return a | b
+
+    def result(self, acc):
+        return len(acc)
+
+
+class CountBy(CountDistinct):
+    def new(self):
+        return {}
+
+    def add(self, acc, value, order):
+        acc[value] = acc.get(value, 0) + 1
+        return acc
+
+    def merge(self, a, b):
+        merged = dict(a)
+        for value, count in b.items():
+            merged[value] = merged.get(value, 0) + count
+        return merged
+
+    def result(self, acc):
+        return {_text(value): count for value, count in acc.items()}
+
+
+class Top(CountBy):
+    def result(self, acc):
+        ranked = sorted(acc.items(), key=lambda item: _top_order(*item))
+        return [[_plain(value), count] for value, count in ranked[: self.spec["n"]]]
+
+
+class Collect(Aggregation):
+    needs_order = True
+
+    def extract(self, data):
+        value = data.get(self.field)
+        return SKIP if value is None else value
+
+    def new(self):
+        return []
+
+    def add(self, acc, value, order):
+        if not acc or acc[-1][0] < order:
+            acc.append((order, value))
+        else:
+            insort(acc, (order, value), key=lambda item: item[0])
+        limit = self.spec.get("limit")
+        if limit is not None and len(acc) > limit:
+            del acc[limit:]
+        return acc
+
+    def merge(self, a, b):
+        merged = sorted(a + b, key=lambda item: item[0])
+        limit = self.spec.get("limit")
+        return merged if limit is None else merged[:limit]
+
+    def result(self, acc):
+        return [value for _, value in acc]
+
+
+class First(Collect):
+    def new(self):
+        return None
+
+    def add(self, acc, value, order):
+        return (order, value) if acc is None or order < acc[0] else acc
+
+    def merge(self, a, b):
+        return b if a is None else a if b is None else min(a, b, key=lambda item: item[0])
+
+    def result(self, acc):
+        return None if acc is None else acc[1]
+
+
+class Last(First):
+    def add(self, acc, value, order):
+        return (order, value) if acc is None or order > acc[0] else acc
+
+    def merge(self, a, b):
+        return b if a is None else a if b is None else max(a, b, key=lambda item: item[0])
+
+
+KINDS = {
+    "sum": Sum, "avg": Avg, "min": Min, "max": Max, "count_distinct": CountDistinct,
+    "count_by": CountBy, "top": Top, "collect": Collect, "first": First, "last": Last,
+}
+
+
+def schema() -> dict:
+    """The JSON Schema of an ``aggregations:`` mapping (shared by every aggregating stage)."""
+    field = {"type": "string", "minLength": 1}
+
+    def one(kind, extra=None, required=()):
+        props = {kind: {**field, "description": f"the event field to take the {kind} of"}}
+        props.update(extra or {})
+        return {"type": "object", "properties": props, "required": [kind, *required], "additionalProperties": False}
+
+    variants = [{"const": "count", "description": "the number of events"}]
+    variants += [one(kind) for kind in ("sum", "avg", "min", "max", "count_distinct", "count_by", "first", "last")]
+    variants.append(one("top", {"n": {"type": "integer", "minimum": 1, "description": "how many values"}}, ["n"]))
+    variants.append(one("collect", {"limit": {"type": "integer", "minimum": 1, "description": "keep the first N"}}))
+    return {
+        "type": "object",
+        "description": "result field name -> aggregation: count, {sum|avg|min|max|count_distinct|count_by|first|last: field}, {top: field, n: N}, {collect: field, limit: N}",
+        "minProperties": 1,
+        "propertyNames": {"not": {"enum": sorted(RESERVED)}},
+        "additionalProperties": {"x-expected": "an aggregation such as count or {sum: field}", "oneOf": variants},
+    }
+
+
+class Aggregations:
+    """A stage's named aggregations, compiled once: extract all values of an event first
+    (a processing error changes nothing), then add them."""
+
+    def __init__(self, spec: dict):
+        self.items: list[Aggregation] = []
+        for name, item in spec.items():
+            if item == "count":
+                self.items.append(Count(name, None, item))
+            else:
+                kind = next(k for k in item if k in KINDS)
+                self.items.append(KINDS[kind](name, item[kind], item))
+        self.names = [agg.name for agg in self.items]
+        self.needs_order = any(agg.needs_order for agg in self.items)
+        self._pairs = list(enumerate(self.items))
+
+    def extract(self, data: dict) -> list:
+        return [agg.extract(data) for agg in self.items]
+
+    def new(self) -> list:
+        return [agg.new() for agg in self.items]
+
+    def add(self, accs: list, values: list, order) -> None:
+        for i, agg in self._pairs:
+            value = values[i]
+            if value is not SKIP:
+                accs[i] = agg.add(accs[i], value, order)
+
+    def merge(self, a: list, b: list) -> list:
+        return [agg.merge(x, y) for agg, x, y in zip(self.items, a, b)]
+
+    def results(self, accs: list) -> dict[str, Any]:
+        return {agg.name: agg.result(acc) for agg, acc in zip(self.items, accs)}

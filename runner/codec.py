@@ -1,0 +1,90 @@
+"""Strict JSON in (RFC 8259, as CONTRACT section 4 reads it) and compact JSON out."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import orjson
+
+MAX_DEPTH = 64
+MAX_INT = 2**63 - 1
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+
+
+class DecodeError(ValueError):
+    """Bytes that are not one strict JSON value; the message says what is wrong."""
+
+
+def decode(raw: bytes | None, max_bytes: int):
+    """Decode one record value, or raise DecodeError with a message a person can act on."""
+    if raw is None:
+        raise DecodeError("record has no value")
+    if len(raw) > max_bytes:
+        raise DecodeError(f"record of {len(raw)} bytes is over max_record_bytes ({max_bytes})")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(_explain(raw, exc)) from None
+    # orjson reads integers beyond 64 bits as floats and has no depth limit of ours: the two
+    # rare cases are checked only when the bytes could hold them.
+    if _LONG_NUMBER.search(raw):
+        _check_integers(raw)
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+        raise DecodeError(f"more than {MAX_DEPTH} nested arrays and objects")
+    return value
+
+
+def _explain(raw: bytes, exc: Exception) -> str:
+    if raw.startswith(b"\xef\xbb\xbf"):
+        return "not JSON: starts with a UTF-8 byte order mark"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"not UTF-8: invalid byte at position {err.start}"
+    if re.search(r"\b(NaN|-?Infinity)\b", text):
+        return "not JSON: NaN and Infinity are not JSON numbers"
+    return f"not JSON: {exc}"
+
+
+def _check_integers(raw: bytes) -> None:
+    def parse_int(text: str) -> int:
+        number = int(text)
+        if abs(number) > MAX_INT:
+            raise DecodeError(f"integer {text} is outside +-(2^63-1)")
+        return number
+
+    def parse_float(text: str) -> float:
+        number = float(text)
+        if math.isinf(number):
+            raise DecodeError(f"number {text} overflows a double")
+        return number
+
+    json.loads(raw, parse_int=parse_int, parse_float=parse_float)
+
+
+def _depth(value) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, level)
+            if deepest > MAX_DEPTH:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def compact(value) -> str:
+    """The compact JSON text of CONTRACT section 5 (used in ids and count_by keys)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def dumps(value) -> bytes:
+    """Fast JSON bytes for outputs (keys sorted, so records compare as text too)."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+loads = orjson.loads

@@ -1,0 +1,203 @@
+"""Base classes of sources, stages and sinks: what the runner promises them and asks of them.
+
+Every component class carries ``type`` (its YAML name) and ``config_schema`` (a JSON Schema
+object of its YAML keys, each with a ``description`` and a ``default`` or a place in
+``required``). The runner validates a pipeline against these schemas before it builds
+anything, fills the defaults in, and passes the resulting dict as ``config``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Iterable, NamedTuple
+
+
+class Record(NamedTuple):
+    """One record read from a source. Kafka's ``ConsumerRecord`` has the same attributes."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int | None  # the record's own timestamp (ms), not the event time
+    key: bytes | None
+    value: bytes | None
+
+
+class Event:
+    """A decoded record on its way down the chain of stages."""
+
+    __slots__ = ("record", "data", "time", "wp")
+
+    def __init__(self, record: Record, data: Any):
+        self.record = record
+        self.data = data  # the decoded JSON value; a stage may replace it
+        self.time: int | None = None  # event time (ms) once a stage has read it
+        self.wp: float | None = None  # its partition's watermark when it reached the first window stage
+
+    def order(self) -> tuple:
+        """Event order: (event time, topic, partition, offset), total and independent of arrival."""
+        r = self.record
+        return (self.time, r.topic, r.partition, r.offset)
+
+
+class ProcessingError(Exception):
+    """Raised by a stage for one event: that stage's changes for the event are discarded,
+    the event goes to the DLQ as ``processing`` and no further down the chain."""
+
+
+class ConfigError(Exception):
+    """A pipeline file that cannot run; ``lines`` are ``FILE:LINE: PATH: message`` lines."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class RunnerError(Exception):
+    """A failure while running that a person must act on (exit 1); the message says how."""
+
+
+class Context:
+    """What a component learns about the pipeline it is built into."""
+
+    def __init__(self, pipeline: str, name: str, settings: dict, display: bool = True):
+        self.pipeline = pipeline  # the pipeline's name (first part of every id)
+        self.name = name  # this component's name, unique in the pipeline
+        self.settings = settings  # the whole validated pipeline (read only)
+        self.display = display
+
+
+class Component:
+    type: ClassVar[str]
+    config_schema: ClassVar[dict] = {"type": "object", "properties": {}, "additionalProperties": False}
+
+    @classmethod
+    def lint(cls, config: dict) -> list[tuple[tuple, str]]:
+        """Cross-field rules the schema cannot say: a list of (path inside config, message).
+
+        Called by ``runner validate`` and before every run, on a config that already
+        matches ``config_schema`` and has its defaults filled in.
+        """
+        return []
+
+    def __init__(self, config: dict, context: Context):
+        self.config = config
+        self.context = context
+        self.name = context.name
+
+
+class Source(Component):
+    """Where input records come from. One instance reads every partition of its topics."""
+
+    def open(self, offsets: dict[str, int]) -> dict[str, int]:
+        """Called once before the first ``poll``.
+
+        ``offsets`` maps ``"topic/partition"`` to the next offset to read, as restored
+        from the last checkpoint (empty on a first run). Assign every partition and
+        return the position of every partition. A partition without a stored offset, or
+        whose stored offset lies beyond its end, starts where ``auto_offset_reset`` says;
+        the second case must be reported loudly, never waited on.
+        Raising ``RunnerError`` stops the runner with exit 1 (e.g. no broker).
+        """
+        raise NotImplementedError
+
+    def end_offsets(self) -> dict[str, int]:
+        """Called once, right after ``open``, by ``--until-end`` and ``--drain``: fix and
+        return the stop offset of every partition (the end as it is now)."""
+        raise NotImplementedError
+
+    def poll(self, timeout: float) -> Iterable[Record]:
+        """Return the records available within ``timeout`` seconds (possibly none), in
+        offset order within each partition. Records of different partitions may come in
+        any interleaving: results never depend on it."""
+        raise NotImplementedError
+
+    def caught_up(self, partition: str) -> bool:
+        """True when the partition's position equals its end at the last fetch (used
+        for idle partitions in unbounded runs)."""
+        return True
+
+    def seek(self, partition: str, offset: int) -> None:
+        """Move a partition's position (the runner calls it only to rewind to a
+        checkpointed offset)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Called at a clean stop; not called after SIGKILL."""
+
+
+class Stage(Component):
+    """One link of the chain. The class is the validated, immutable definition; ``build``
+    makes the running logic from it with its restored state passed in, so recovery is
+    the normal code path.
+
+    A stage's state lives in a ``runner.state.Table`` (keys are bytes, values any
+    picklable object). Every ``put`` and ``delete`` since the last checkpoint is written
+    in the next checkpoint's transaction, together with source offsets and outputs.
+    """
+
+    windowed: ClassVar[bool] = False  # True: takes part in event time (watermarks, lateness)
+
+    def fingerprint(self) -> dict | None:
+        """Parameters a stored state must have been made with (window sizes...). A state
+        made with others is refused at start instead of being read wrongly."""
+        return None
+
+    def build(self, table, emit) -> "Processor":
+        """Return the running logic over ``table`` (this stage's restored state).
+        ``emit`` is the pipeline's ``runner.outputs.Emitter``: results and DLQ records go
+        through it, into the outbox of the next checkpoint."""
+        raise NotImplementedError
+
+    def dump(self, table) -> Any:
+        """The stage's part of ``runner state dump``: JSON-able, from a read-only table."""
+        return None
+
+
+class Processor:
+    """A stage's running logic, built by ``Stage.build``."""
+
+    def process(self, events: list[Event]) -> list[Event]:
+        """Handle a batch of events in order; return those that go on down the chain.
+
+        For an event that fails, call ``emit.dead_letter(...)`` and leave it out of the
+        returned list. Batches are cut at checkpoints: never rely on their size.
+        """
+        raise NotImplementedError
+
+    def advance(self, watermark: float) -> None:
+        """Window stages only: the pipeline watermark is now ``watermark`` (ms, or
+        ``math.inf`` when draining); emit and forget every window that is final."""
+
+    def report(self) -> list[str]:
+        """Display lines for the console (not results: never written to other sinks)."""
+        return []
+
+
+class Sink(Component):
+    """Where results (or dead letters) go. A sink sees an output only after the checkpoint
+    that holds it has committed; until the sink confirms it with ``flush``, the output
+    stays in the outbox and is delivered again after a restart."""
+
+    exactly_once: ClassVar[bool] = False  # True: redelivery after a crash never duplicates
+
+    def open(self, state: Any) -> None:
+        """Called once before anything is delivered, with what ``flush`` last returned
+        as committed in a checkpoint (None on a first run). An exactly-once sink uses it
+        to find what a crash left behind (a file's committed length, Kafka end offsets)."""
+
+    def deliver(self, outputs: list) -> None:
+        """Hand over ``runner.outputs.Output`` objects; may return before they are
+        durable. An exception is retried with backoff; nothing is acknowledged."""
+        raise NotImplementedError
+
+    def flush(self) -> Any:
+        """Block until everything delivered is durable at the target; return the state to
+        commit with the next checkpoint (JSON-able or picklable; None for none). Raising
+        keeps the outputs in the outbox: the runner retries the delivery with backoff."""
+        return None
+
+    def display(self, lines: list[str]) -> None:
+        """Console-like sinks show display lines (stage reports, DLQ notices); others ignore them."""
+
+    def close(self) -> None:
+        """Called at a clean stop after the last flush; not called after SIGKILL."""
