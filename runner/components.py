@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Iterable, NamedTuple
 
+from runner.times import InvalidTime, parse_event_time
+
 
 class Record(NamedTuple):
     """One record read from a source. Kafka's ``ConsumerRecord`` has the same attributes."""
@@ -20,6 +22,11 @@ class Record(NamedTuple):
     timestamp: int | None  # the record's own timestamp (ms), not the event time
     key: bytes | None
     value: bytes | None
+
+
+NO_RECORD = object()
+"""A source's ``Record.value`` for an offset that holds no record (a blank line of a file):
+it moves the partition's position and is otherwise ignored."""
 
 
 class Event:
@@ -59,11 +66,24 @@ class RunnerError(Exception):
 class Context:
     """What a component learns about the pipeline it is built into."""
 
-    def __init__(self, pipeline: str, name: str, settings: dict, display: bool = True):
+    def __init__(self, pipeline: str, name: str, settings: dict):
         self.pipeline = pipeline  # the pipeline's name (first part of every id)
         self.name = name  # this component's name, unique in the pipeline
         self.settings = settings  # the whole validated pipeline (read only)
-        self.display = display
+        self.time_field = (settings.get("event_time") or {}).get("field", "timestamp")
+        self.formatters: dict = {}  # stage name -> its console formatter (filled by the runner)
+
+    def time_of(self, event: Event) -> int:
+        """The event's time (ms) from ``event_time.field``, read once and kept on the event."""
+        if event.time is None:
+            data = event.data
+            if data.__class__ is not dict:
+                raise ProcessingError("event is not a JSON object")
+            try:
+                event.time = parse_event_time(data.get(self.time_field))
+            except InvalidTime as exc:
+                raise ProcessingError(f"invalid timestamp for field {self.time_field}: {exc}") from None
+        return event.time
 
 
 class Component:
@@ -148,6 +168,10 @@ class Stage(Component):
         through it, into the outbox of the next checkpoint."""
         raise NotImplementedError
 
+    def format_result(self, result: dict) -> str | None:
+        """How the console shows one of this stage's results (None: as JSON)."""
+        return None
+
     def dump(self, table) -> Any:
         """The stage's part of ``runner state dump``: JSON-able, from a read-only table."""
         return None
@@ -156,13 +180,38 @@ class Stage(Component):
 class Processor:
     """A stage's running logic, built by ``Stage.build``."""
 
+    def __init__(self, stage: Stage, table, emit):
+        self.stage = stage
+        self.name = stage.name
+        self.table = table
+        self.emit = emit
+
     def process(self, events: list[Event]) -> list[Event]:
         """Handle a batch of events in order; return those that go on down the chain.
 
-        For an event that fails, call ``emit.dead_letter(...)`` and leave it out of the
-        returned list. Batches are cut at checkpoints: never rely on their size.
+        The default calls ``process_one`` for each event and sends an event whose call
+        raises to the DLQ as a processing error. Batches are cut at checkpoints: never
+        rely on their size.
         """
-        raise NotImplementedError
+        passed = []
+        for event in events:
+            try:
+                event = self.process_one(event)
+            except ProcessingError as exc:
+                self.emit.dead_letter(event.record, self.name, "processing", str(exc))
+                continue
+            except Exception as exc:
+                self.emit.dead_letter(event.record, self.name, "processing", f"{type(exc).__name__}: {exc}")
+                continue
+            if event is not None:
+                passed.append(event)
+        return passed
+
+    def process_one(self, event: Event) -> Event | None:
+        """Return the event (changed or not) to pass it on, None to drop it; raise
+        ``ProcessingError`` to send it to the DLQ. Make changes to state only once the
+        event is known to be good: a processing error must leave no trace."""
+        return event
 
     def advance(self, watermark: float) -> None:
         """Window stages only: the pipeline watermark is now ``watermark`` (ms, or
@@ -192,9 +241,15 @@ class Sink(Component):
 
     def flush(self) -> Any:
         """Block until everything delivered is durable at the target; return the state to
-        commit with the next checkpoint (JSON-able or picklable; None for none). Raising
-        keeps the outputs in the outbox: the runner retries the delivery with backoff."""
+        commit with the next checkpoint (picklable; None for none). Raising keeps the
+        outputs in the outbox: the runner calls ``recover`` and delivers every output not
+        yet confirmed again, with backoff, until a flush succeeds."""
         return None
+
+    def recover(self) -> None:
+        """Called after a failed ``deliver`` or ``flush``, before the outputs not yet
+        confirmed are delivered again: forget, or look up, what reached the target since
+        the last successful flush, so that nothing is written twice."""
 
     def display(self, lines: list[str]) -> None:
         """Console-like sinks show display lines (stage reports, DLQ notices); others ignore them."""

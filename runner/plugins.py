@@ -21,7 +21,6 @@ BUILTINS = (
     "plugins.sinks.console",
     "plugins.sinks.jsonl",
     "plugins.sinks.kafka",
-    "plugins.sinks.postgres",
     "plugins.commands",
 )
 

@@ -160,12 +160,11 @@ class LmdbStore(Store):
     def _db(self, name: str):
         db = self._dbs.get(name)
         if db is None:
-            if self._readonly:
-                with self._env.begin() as txn:
-                    exists = txn.get(name.encode()) is not None
-                if not exists:
-                    return None
-            db = self._dbs[name] = self._env.open_db(name.encode())
+            try:
+                db = self._env.open_db(name.encode(), create=not self._readonly)
+            except lmdb.NotFoundError:
+                return None
+            self._dbs[name] = db
         return db
 
     def read(self, table, key, default=None):
@@ -182,10 +181,13 @@ class LmdbStore(Store):
             yield key, pickle.loads(raw)
 
     def meta(self, key, default=None):
-        raw = self._rtxn.get(key.encode(), db=self._dbs[_META])
+        db = self._dbs.get(_META)
+        raw = None if db is None else self._rtxn.get(key.encode(), db=db)
         return default if raw is None else pickle.loads(raw)
 
     def outbox(self):
+        if self._dbs.get(_OUTBOX) is None:
+            return []
         cursor = self._rtxn.cursor(db=self._dbs[_OUTBOX])
         return [(int.from_bytes(k, "big"), pickle.loads(v)) for k, v in cursor.iternext()]
 

@@ -1,0 +1,57 @@
+"""The ``console`` sink: results and display lines on standard output, for people."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from runner import hookimpl
+from runner.components import Sink
+from runner.schema import obj
+
+
+class ConsoleSink(Sink):
+    """Prints each result as its stage formats it (its ``display`` template) or as JSON, and
+    the display lines of stages and dead letters. Not exactly once: after a crash, outputs
+    that were in the outbox are printed again. At most ``max_lines_per_s`` lines a second;
+    the rest are counted, not shown."""
+
+    type = "console"
+    config_schema = obj({
+        "max_lines_per_s": {"type": "integer", "minimum": 1, "default": 50,
+                            "description": "lines shown per second at most; the rest are summarized"},
+    }, description="Prints results and display lines for people (may repeat after a crash).")
+
+    def __init__(self, config, context):
+        super().__init__(config, context)
+        self.budget = config.get("max_lines_per_s", 50)
+        self.second = 0
+        self.shown = 0
+        self.hidden = 0
+
+    def deliver(self, outputs):
+        formatters = self.context.formatters
+        lines = []
+        for out in outputs:
+            formatter = formatters.get(out.stage)
+            line = formatter(out.data()) if formatter else None
+            lines.append(line or out.value.decode())
+        self.display(lines)
+
+    def display(self, lines):
+        now = int(time.monotonic())
+        if now != self.second:
+            if self.hidden:
+                print(f"... {self.hidden} more lines not shown", flush=False)
+            self.second, self.shown, self.hidden = now, 0, 0
+        room = max(0, self.budget - self.shown)
+        for line in lines[:room]:
+            print(line)
+        self.shown += min(room, len(lines))
+        self.hidden += max(0, len(lines) - room)
+        sys.stdout.flush()
+
+
+@hookimpl
+def runner_register_sinks():
+    return [ConsoleSink]

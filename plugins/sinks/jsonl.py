@@ -1,0 +1,68 @@
+"""The ``jsonl`` sink: one JSON record per line, exactly once by its committed length."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from runner import hookimpl
+from runner.components import RunnerError, Sink
+from runner.schema import obj
+
+
+class JsonlSink(Sink):
+    """Appends outputs to a file. Each checkpoint commits the file's length after the outputs
+    it confirmed; on start (and after a failed write) the file is cut back to that length and
+    the outbox is written again, so a crash neither loses nor repeats a line.
+    Also a DLQ type: ``dlq: {type: jsonl, path: ...}``."""
+
+    type = "jsonl"
+    exactly_once = True
+    config_schema = obj({
+        "path": {"type": "string", "description": "the file to append to (its directory is created)"},
+    }, required=("path",), description="Writes results (or dead letters) as JSON lines, exactly once across crashes.")
+
+    def __init__(self, config, context):
+        super().__init__(config, context)
+        self.path = config["path"]
+        self.file = None
+        self.committed = 0
+
+    def open(self, state):
+        directory = os.path.dirname(self.path)
+        try:
+            if directory:
+                os.makedirs(directory, exist_ok=True)
+            self.file = open(self.path, "ab")
+        except OSError as exc:
+            raise RunnerError(f"cannot write {self.path}: {exc.strerror}") from None
+        self.committed = state or 0
+        size = os.fstat(self.file.fileno()).st_size
+        if size < self.committed:
+            print(f"WARNING: {self.path} is shorter ({size} bytes) than its committed length "
+                  f"({self.committed}): was it edited? appending from its end", file=sys.stderr)
+            self.committed = size
+        self.recover()
+
+    def recover(self):
+        """Cut the file back to its committed length: what follows is in the outbox again."""
+        self.file.truncate(self.committed)
+        self.file.seek(self.committed)
+
+    def deliver(self, outputs):
+        self.file.write(b"".join(out.value + b"\n" for out in outputs))
+        self.file.flush()
+
+    def flush(self):
+        os.fsync(self.file.fileno())
+        self.committed = self.file.tell()
+        return self.committed
+
+    def close(self):
+        if self.file:
+            self.file.close()
+
+
+@hookimpl
+def runner_register_sinks():
+    return [JsonlSink]

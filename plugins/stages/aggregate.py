@@ -1,0 +1,167 @@
+"""The ``aggregate`` stage: running aggregations per key, milestones, and a console report."""
+
+from __future__ import annotations
+
+import time
+
+from runner import hookimpl
+from runner.aggregations import SKIP, Aggregations
+from runner.aggregations import schema as aggregations_schema
+from runner.codec import compact
+from runner.components import Processor, ProcessingError, Stage
+from runner.display import render, template_schema
+from runner.outputs import result_id
+from runner.schema import duration, obj
+from runner.times import duration_ms
+
+MILESTONE_KINDS = ("count", "count_distinct", "sum")
+
+
+class Aggregate(Stage):
+    type = "aggregate"
+    config_schema = obj({
+        "key_by": {"type": ["string", "null"], "default": None,
+                   "description": "the event field to group by (absent or null values form the key null); none: one global key"},
+        "aggregations": aggregations_schema(),
+        "milestones": {
+            "type": "object", "default": {},
+            "additionalProperties": {"type": "number", "exclusiveMinimum": 0, "x-expected": "a number > 0"},
+            "description": "metric -> M: emit a result each time the metric of a key reaches a multiple of M",
+        },
+        "display": obj({
+            "every": duration("how often the console report is shown", default="10s"),
+            "line": template_schema("one line per key changed since the last report, e.g. '[PAGE STATS] {key}: {views} views'"),
+            "milestone": template_schema("how a milestone shows on the console, e.g. '[POPULAR] {key} reached {value} {milestone}!'"),
+            "top": obj({
+                "by": {"type": "string", "description": "the aggregation to rank keys by"},
+                "n": {"type": "integer", "minimum": 1, "default": 5, "description": "how many keys"},
+                "title": {"type": "string", "default": "TOP KEYS", "description": "the table's heading"},
+            }, required=("by",), description="a periodic table of the top keys"),
+        }, description="console display; not results"),
+    }, required=("aggregations",), description="Running aggregations per key (no window); results are milestones only.")
+
+    @classmethod
+    def lint(cls, config):
+        aggs = config["aggregations"]
+        problems = []
+        for metric in config.get("milestones", {}):
+            spec = aggs.get(metric)
+            kind = spec if spec == "count" else next(iter(spec), None) if isinstance(spec, dict) else None
+            if kind not in MILESTONE_KINDS:
+                problems.append((("milestones", metric), f"milestones need a count, count_distinct or sum aggregation, "
+                                                        f"and {metric!r} is {'not one' if spec is None else kind}"))
+        top = (config.get("display") or {}).get("top")
+        if top and top["by"] not in aggs:
+            problems.append((("display", "top", "by"), f"no aggregation named {top['by']!r}"))
+        return problems
+
+    def __init__(self, config, context):
+        super().__init__(config, context)
+        self.key_by = config.get("key_by")
+        self.aggregations = Aggregations(config["aggregations"])
+        self.milestones = [(self.aggregations.names.index(m), m, step) for m, step in config.get("milestones", {}).items()]
+        self.display = config.get("display") or {}
+
+    def build(self, table, emit):
+        return AggregateProcessor(self, table, emit)
+
+    def dump(self, table):
+        aggs = self.aggregations
+        keys = [{"key": entry[0], **aggs.results(entry[1])} for _, entry in table.items()]
+        return {"keys": sorted(keys, key=lambda k: compact(k["key"]))}
+
+    def format_result(self, result):
+        template = self.display.get("milestone")
+        return render(template, result) if template else None
+
+
+class AggregateProcessor(Processor):
+    """Entries are [key, accumulators, {metric: highest milestone multiple emitted}]."""
+
+    def __init__(self, stage: Aggregate, table, emit):
+        super().__init__(stage, table, emit)
+        self.cache: dict[str, list] = {}
+        self.changed: set[str] = set()
+        self.next_report = time.monotonic() + duration_ms(stage.display.get("every", "10s")) / 1000
+
+    def process(self, events):
+        stage, aggs, cache, table = self.stage, self.stage.aggregations, self.cache, self.table
+        key_by, time_of = stage.key_by, stage.context.time_of
+        passed = []
+        for ev in events:
+            data = ev.data
+            try:
+                if data.__class__ is not dict:
+                    raise ProcessingError("event is not a JSON object")
+                values = aggs.extract(data)
+                for index, metric, _ in stage.milestones:
+                    v = values[index]
+                    if v is not SKIP and v.__class__ is not tuple and v.__class__ is not str and v < 0:
+                        raise ProcessingError(f"negative value for field {aggs.items[index].field}: "
+                                              f"a sum with milestones cannot go down")
+                if aggs.needs_order:
+                    time_of(ev)
+                order = ev.order() if aggs.needs_order else None
+            except ProcessingError as exc:
+                self.emit.dead_letter(ev.record, self.name, "processing", str(exc))
+                continue
+            key = data.get(key_by) if key_by else None
+            kj = compact(key)
+            entry = cache.get(kj)
+            if entry is None:
+                entry = table.get(kj.encode()) or [key, aggs.new(), {}]
+                cache[kj] = entry
+            accs = entry[1]
+            aggs.add(accs, values, order)
+            if stage.milestones:
+                self._milestones(entry, kj)
+            table.put(kj.encode(), entry)
+            self.changed.add(kj)
+            passed.append(ev)
+        if len(cache) > 100_000:  # the table has them all; keep memory bounded
+            cache.clear()
+        return passed
+
+    def _milestones(self, entry, kj):
+        key, accs, reached = entry
+        stage = self.stage
+        for index, metric, step in stage.milestones:
+            value = stage.aggregations.items[index].result(accs[index])
+            done = reached.get(metric, 0)
+            top = int(value // step)
+            for k in range(done + 1, top + 1):
+                threshold = k * step
+                if isinstance(threshold, float) and threshold.is_integer():
+                    threshold = int(threshold)
+                result = {"id": result_id(self.emit.pipeline, self.name, key, "milestone", metric, compact(threshold)),
+                          "stage": self.name, "key": key, "milestone": metric, "value": threshold}
+                self.emit.result(self.name, key, result)
+            if top > done:
+                reached[metric] = top
+
+    def report(self):
+        display = self.stage.display
+        now = time.monotonic()
+        if not (display.get("line") or display.get("top")) or now < self.next_report:
+            return []
+        self.next_report = now + duration_ms(display.get("every", "10s")) / 1000
+        aggs, lines = self.stage.aggregations, []
+        if display.get("line"):
+            for kj in sorted(self.changed):
+                entry = self.cache.get(kj) or self.table.get(kj.encode())
+                if entry:
+                    lines.append(render(display["line"], {"key": entry[0], **aggs.results(entry[1])}))
+        self.changed.clear()
+        top = display.get("top")
+        if top:
+            rows = [{"key": e[0], **aggs.results(e[1])} for _, e in self.table.items()]
+            rows.sort(key=lambda r: (-(r[top["by"]] or 0), compact(r["key"])))
+            lines.append(f"==== {top['title']} ====")
+            for i, row in enumerate(rows[: top["n"]], 1):
+                lines.append(f"{i:>3}. {str(row['key']):<28} {row[top['by']]} {top['by']}")
+        return lines
+
+
+@hookimpl
+def runner_register_stages():
+    return [Aggregate]

@@ -1,0 +1,127 @@
+"""Session windows per key (CONTRACT section 6).
+
+Two events of a key share a session when their times differ by at most ``gap``; an event that
+bridges two sessions merges them. A session whose last event time is L is final when the
+pipeline watermark W > L + gap, and an event is late when t < W_p, so a final session is
+never touched again: the final sessions are exactly the gap-connected groups of the events
+that were not late.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from runner import hookimpl
+from runner.codec import compact
+from runner.components import ProcessingError
+from runner.outputs import result_id
+from runner.schema import duration, obj
+from runner.times import duration_ms, format_ms
+from plugins.stages.windows import LATE, WindowProcessor, WindowStage, window_properties
+
+
+class Session(WindowStage):
+    type = "session_window"
+    config_schema = obj(window_properties({
+        "gap": duration("inactivity that ends a session: events at most this far apart share one", positive=True),
+    }), required=("key_by", "gap", "aggregations"),
+        description="Per-key sessions of events at most gap apart; results carry duration_s.")
+    config_schema["properties"]["key_by"] = {"type": "string", "description": "the event field that identifies whose session it is"}
+
+    def __init__(self, config, context):
+        super().__init__(config, context)
+        self.gap = duration_ms(config["gap"])
+
+    def params(self):
+        return {"gap_ms": self.gap}
+
+    def result(self, key, start, end, accs):
+        result = super().result(key, start, end, accs)
+        result["duration_s"] = (end - start) / 1000
+        return result
+
+    def open_result(self, value):
+        raise NotImplementedError  # a key's entry holds several sessions: see dump
+
+    def dump(self, table):
+        sessions = [self.result(key, start, last, accs)
+                    for k, (key, items) in table.items() if k != LATE for start, last, accs in items]
+        sessions.sort(key=lambda r: (compact(r["key"]), r["window_start"], r["window_end"]))
+        return {"late": table.get(LATE, 0), "open": sessions}
+
+    def build(self, table, emit):
+        return SessionProcessor(self, table, emit)
+
+
+class SessionProcessor(WindowProcessor):
+    """State per key: [key, [[start, last, accumulators], ...]] sorted by start."""
+
+    def __init__(self, stage: Session, table, emit):
+        super().__init__(stage, table, emit)
+        self.entries: dict[str, list] = {}
+        self.due: list[tuple[int, str, int]] = []  # (last + gap, key text, start): a heap, stale entries skipped
+        for k, entry in table.items():
+            if k != LATE:
+                kt = k.decode()
+                self.entries[kt] = entry
+                for start, last, _ in entry[1]:
+                    self.due.append((last + stage.gap, kt, start))
+        heapq.heapify(self.due)
+
+    def process(self, events):
+        stage, aggs, gap = self.stage, self.stage.aggregations, self.stage.gap
+        passed = []
+        for ev in events:
+            t = ev.time
+            if t < ev.wp:
+                self.late_event(ev)
+                passed.append(ev)
+                continue
+            try:
+                values = aggs.extract(ev.data)
+                key, kt = self.key_of(ev.data)
+            except ProcessingError as exc:
+                self.emit.dead_letter(ev.record, self.name, "processing", str(exc))
+                continue
+            entry = self.entries.get(kt)
+            if entry is None:
+                entry = self.entries[kt] = [key, []]
+            sessions = entry[1]
+            touching = [s for s in sessions if s[0] - gap <= t <= s[1] + gap]
+            accs = aggs.new()
+            aggs.add(accs, values, ev.order() if aggs.needs_order else None)
+            start, last = t, t
+            for s in touching:
+                sessions.remove(s)
+                start, last = min(start, s[0]), max(last, s[1])
+                accs = aggs.merge(s[2], accs)
+            sessions.append([start, last, accs])
+            sessions.sort(key=lambda s: s[0])
+            heapq.heappush(self.due, (last + gap, kt, start))
+            self.table.put(kt.encode(), entry)
+            passed.append(ev)
+        return passed
+
+    def advance(self, watermark):
+        due, gap = self.due, self.stage.gap
+        while due and due[0][0] < watermark:
+            end_due, kt, start = heapq.heappop(due)
+            entry = self.entries.get(kt)
+            if entry is None:
+                continue
+            sessions = entry[1]
+            match = next((s for s in sessions if s[0] == start and s[1] + gap == end_due), None)
+            if match is None:
+                continue  # merged or extended since this heap entry was pushed
+            sessions.remove(match)
+            self.emit_result(entry[0], match[0], match[1], match[2])
+            if sessions:
+                self.table.put(kt.encode(), entry)
+            else:
+                del self.entries[kt]
+                self.table.delete(kt.encode())
+
+
+@hookimpl
+def runner_register_stages():
+    return [Session]

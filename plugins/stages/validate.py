@@ -1,0 +1,171 @@
+"""The ``validate`` stage: JSON Schema validation with messages a person can act on.
+
+A compiled validator (fastjsonschema) decides; only a rejected event is validated again by
+jsonschema, whose full list of errors is ranked by the rules of CONTRACT section 4 (not an
+object, missing fields, wrong types, constraints, timestamp; fields in schema order) so the
+message names the first failing rule's field. Fields with ``"format": "event-time"`` are
+checked as event times by the runner's own parser, which also stamps the event's time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import fastjsonschema
+import jsonschema
+
+from runner import hookimpl
+from runner.components import Processor, Stage
+from runner.schema import duration, obj
+from runner.times import InvalidTime, WrongTimeType, duration_ms, format_ms, parse_event_time
+
+DEFAULT_SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "click_event.schema.json"
+NOT_OBJECT, MISSING, WRONG_TYPE, CONSTRAINT, TIMESTAMP = range(1, 6)
+
+
+class Validate(Stage):
+    type = "validate"
+    config_schema = obj({
+        "schema": {"type": "string", "default": None,
+                   "description": "path of the JSON Schema events must match (default: the click event schema that ships with the runner)"},
+    }, description="Sends events that do not match a JSON Schema to the DLQ; fills in defaults of absent or null fields.")
+
+    def __init__(self, config, context):
+        super().__init__(config, context)
+        path = config.get("schema") or DEFAULT_SCHEMA
+        with open(path, encoding="utf-8") as f:
+            self.schema = json.load(f)
+        props = self.schema.get("properties", {})
+        self.fields = {name: i for i, name in enumerate(props)}
+        self.required = set(self.schema.get("required", ()))
+        self.time_fields = [name for name, p in props.items() if p.get("format") == "event-time"]
+        self.defaults = [(name, p["default"]) for name, p in props.items() if "default" in p]
+        et = context.settings.get("event_time") or {}
+        self.min_ms = parse_event_time(et["min"]) if et.get("min") else None
+        self.max_ahead_ms = duration_ms(et["max_ahead"]) if et.get("max_ahead") is not None else None
+
+    def build(self, table, emit):
+        return ValidateProcessor(self, table, emit)
+
+    def dump(self, table):
+        return {"invalid": table.get(b"invalid", 0)}
+
+
+class ValidateProcessor(Processor):
+    def __init__(self, stage: Validate, table, emit):
+        super().__init__(stage, table, emit)
+        formats = {"event-time": lambda value: True}  # checked by _times, with its own messages
+        self.fast = fastjsonschema.compile(stage.schema, formats=formats, use_default=False)
+        self.full = jsonschema.validators.validator_for(stage.schema)(stage.schema)
+        self.invalid = table.get(b"invalid", 0)
+        self.stamp = stage.context.time_field
+
+    def process(self, events):
+        passed, fast, stage, failures = [], self.fast, self.stage, 0
+        for ev in events:
+            data = ev.data
+            try:
+                fast(data)
+                ok = data.__class__ is dict and self._times(ev) is None
+            except fastjsonschema.JsonSchemaException:
+                ok = False
+            if not ok:
+                failures += 1
+                self.emit.dead_letter(ev.record, self.name, "validation", self._explain(ev))
+                continue
+            for name, default in stage.defaults:
+                if data.get(name) is None:
+                    data[name] = default
+            passed.append(ev)
+        if failures:
+            self.invalid += failures
+            self.table.put(b"invalid", self.invalid)
+        return passed
+
+    def _times(self, ev):
+        """The first problem with the event-time fields as (rank, field, message), or None."""
+        stage = self.stage
+        for name in stage.time_fields:
+            value = ev.data.get(name)
+            if value is None:
+                continue
+            try:
+                t = parse_event_time(value)
+            except WrongTimeType as exc:
+                return (WRONG_TYPE, name, f"wrong type for field {name}: {exc}")
+            except InvalidTime as exc:
+                return (TIMESTAMP, name, f"invalid timestamp for field {name}: {exc}")
+            if name == self.stamp:
+                ev.time = t
+                if stage.min_ms is not None and t < stage.min_ms:
+                    return (TIMESTAMP, name, f"invalid timestamp for field {name}: {format_ms(t)} is before "
+                                             f"event_time.min {format_ms(stage.min_ms)}")
+                ts = ev.record.timestamp
+                if stage.max_ahead_ms is not None and ts is not None and t > ts + stage.max_ahead_ms:
+                    return (TIMESTAMP, name, f"invalid timestamp for field {name}: {format_ms(t)} is more than "
+                                             f"event_time.max_ahead ahead of the record's timestamp {format_ms(ts)}")
+        return None
+
+    def _explain(self, ev) -> str:
+        data = ev.data
+        if data.__class__ is not dict:
+            return f"not a JSON object: got {_json_kind(data)}"
+        problems = list(self._schema_problems(data))
+        times = self._times(ev)
+        if times is not None:
+            problems.append(times)
+        if not problems:
+            return "does not match the schema"
+        order = self.stage.fields
+        rank, field, message = min(problems, key=lambda p: (p[0], order.get(p[1], len(order)), p[1]))
+        return message
+
+    def _schema_problems(self, data: dict):
+        required = self.stage.required
+        for err in self.full.iter_errors(data):
+            if err.validator == "required":
+                for name in err.validator_value:
+                    if name not in err.instance:
+                        yield (MISSING, name, f"missing required field: {name}")
+                continue
+            if not err.absolute_path:
+                continue
+            name = str(err.absolute_path[0])
+            value = data.get(name)
+            if err.validator == "format":
+                continue
+            if err.validator == "type" and len(err.absolute_path) == 1:
+                if value is None and name in required:
+                    yield (MISSING, name, f"missing required field: {name}")
+                else:
+                    yield (WRONG_TYPE, name, f"wrong type for field {name}: expected {_type_words(err.validator_value)}")
+            else:
+                yield (CONSTRAINT, name, _constraint(name, err))
+
+
+def _type_words(types) -> str:
+    types = [types] if isinstance(types, str) else [t for t in types if t != "null"]
+    return " or ".join(types)
+
+
+def _json_kind(value) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+
+
+def _constraint(name: str, err) -> str:
+    value = err.instance
+    shown = json.dumps(value, ensure_ascii=False)[:80]
+    if err.validator in ("minimum", "exclusiveMinimum") and err.validator_value == 0 and value < 0:
+        return f"negative value for field {name}"
+    if err.validator == "enum":
+        allowed = ", ".join(str(v) for v in err.validator_value if v is not None)
+        return f"invalid value for field {name}: {shown} is not one of {allowed}"
+    if err.validator == "pattern":
+        return f"invalid value for field {name}: {shown} does not match {err.validator_value}"
+    return f"invalid value for field {name}: {err.message}"
+
+
+@hookimpl
+def runner_register_stages():
+    return [Validate]

@@ -1,0 +1,120 @@
+"""The checkpoint: state, offsets and outputs committed together, outputs delivered after."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from runner.outputs import Output
+from runner.state import Store
+
+
+class Stopped(Exception):
+    """A stop was asked for while waiting on a sink; the outbox keeps what was not delivered."""
+
+
+class Checkpoint:
+    """Takes checkpoints of one pipeline and delivers their outputs to its sinks.
+
+    ``sinks`` maps sink names to opened sinks, with the DLQ under ``dlq``.
+    """
+
+    def __init__(self, store: Store, sinks: dict, result_sinks: tuple, number: int, next_seq: int,
+                 should_stop=lambda: False, log=print):
+        self.store = store
+        self.sinks = sinks
+        self.result_sinks = result_sinks  # where a result without ``to:`` goes
+        self.number = number
+        self.next_seq = next_seq
+        self.should_stop = should_stop
+        self.log = log
+        self.sink_states: dict = {}
+        self.unconfirmed: list[tuple[int, Output]] = []  # handed to sinks, not yet flushed
+        self.last_ms = 0.0
+
+    def redeliver(self, outbox: list[tuple[int, tuple]]) -> None:
+        """On start: hand every output of the restored outbox to its sinks again."""
+        self._deliver([(seq, Output.from_tuple(item)) for seq, item in outbox])
+
+    def commit(self, outputs: list[Output], meta: dict) -> None:
+        """Commit everything since the last checkpoint, then deliver its outputs.
+
+        1. Confirm the outputs handed to sinks after the previous checkpoint: flush every
+           sink (retrying with backoff while one fails). Each sink's state joins this
+           checkpoint, and the confirmed outputs leave the outbox in it.
+        2. Number the new outputs into the outbox.
+        3. Write, in one transaction: every table's changes, ``meta`` (offsets, event time,
+           watermark), sink states, the checkpoint number and the outbox changes.
+        4. The store syncs the transaction to disk: only now is any of it committed.
+        5. Hand the new outputs to their sinks; step 1 of the next checkpoint confirms them.
+        """
+        started = time.perf_counter()
+        # 1. confirm earlier deliveries
+        confirmed = self._confirm()
+        # 2. number new outputs
+        added = [(self.next_seq + i, out) for i, out in enumerate(outputs)]
+        self.next_seq += len(added)
+        # 3 + 4. one synced transaction
+        self.number += 1
+        meta = dict(meta, checkpoint=self.number, sinks=self.sink_states)
+        self.store.commit(meta, [(seq, out.to_tuple()) for seq, out in added], confirmed)
+        self.last_ms = (time.perf_counter() - started) * 1000
+        # 5. deliver after commit
+        self._deliver(added)
+
+    def pending(self) -> bool:
+        return bool(self.unconfirmed)
+
+    def _deliver(self, items: list[tuple[int, Output]]) -> None:
+        if not items:
+            return
+        self.unconfirmed.extend(items)
+        try:
+            self._hand_over(items)
+        except Exception as exc:  # confirmed (with retries) in step 1 of the next checkpoint
+            self.log(f"[SINK] delivery failed ({exc}); retrying at the next checkpoint", file=sys.stderr)
+
+    def _hand_over(self, items: list[tuple[int, Output]]) -> None:
+        by_sink: dict[str, list[Output]] = {}
+        for _, out in items:
+            for name in out.targets or self.result_sinks:
+                if name in self.sinks:
+                    by_sink.setdefault(name, []).append(out)
+        for name, outs in by_sink.items():
+            self.sinks[name].deliver(outs)
+        notices = [line for _, out in items if out.kind == "dlq" for line in _notice(out)]
+        if notices:
+            for sink in self.sinks.values():
+                sink.display(notices)
+
+    def _confirm(self) -> list[int]:
+        if not self.unconfirmed:
+            return []
+        delay = 0.5
+        while True:
+            try:
+                for name, sink in self.sinks.items():
+                    self.sink_states[name] = sink.flush()
+                break
+            except Exception as exc:
+                if self.should_stop():
+                    raise Stopped() from exc
+                self.log(f"[SINK] {len(self.unconfirmed)} outputs not confirmed ({exc}); retrying in {delay:g}s",
+                         file=sys.stderr)
+                time.sleep(delay)
+                delay = min(delay * 2, 10)
+                try:
+                    for sink in self.sinks.values():
+                        sink.recover()
+                    self._hand_over(self.unconfirmed)
+                except Exception:
+                    continue
+        confirmed = [seq for seq, _ in self.unconfirmed]
+        self.unconfirmed = []
+        return confirmed
+
+
+def _notice(out: Output) -> list[str]:
+    letter = out.data()
+    return [f"[{letter['error_type'].upper()} ERROR] {letter['error']}",
+            f"[DLQ] sent {letter['topic']}/{letter['partition']}@{letter['offset']} to the dead letter queue"]

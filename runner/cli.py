@@ -1,0 +1,129 @@
+"""The ``runner`` command line (CONTRACT section 2)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from runner import config, plugins
+from runner.components import ConfigError, RunnerError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return 2
+    except RunnerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runner", description="Run YAML stream pipelines of pluggable stages.")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a pipeline until stopped (or to the end of its input)")
+    run.add_argument("pipeline", help="the pipeline YAML file")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                     help="override a YAML value, e.g. --set checkpoint.every_events=500 (repeatable)")
+    run.add_argument("--until-end", action="store_true", help="stop at the end of the input present at start")
+    run.add_argument("--drain", action="store_true",
+                     help="like --until-end, then close every open window and session (for good)")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check a pipeline file and every plugin's config")
+    validate.add_argument("pipeline")
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    validate.set_defaults(func=cmd_validate)
+
+    plugs = sub.add_parser("plugins", help="list sources, stages and sinks with their config keys")
+    plugs.add_argument("--schema", action="store_true", help="print the generated pipeline JSON Schema instead")
+    plugs.set_defaults(func=cmd_plugins)
+
+    state = sub.add_parser("state", help="inspect or delete a pipeline's persisted state")
+    state_sub = state.add_subparsers(metavar="ACTION")
+    dump = state_sub.add_parser("dump", help="print the last checkpoint as JSON")
+    dump.add_argument("pipeline")
+    dump.set_defaults(func=cmd_state_dump)
+    reset = state_sub.add_parser("reset", help="delete the pipeline's state")
+    reset.add_argument("pipeline")
+    reset.add_argument("--yes", action="store_true", help="do not ask")
+    reset.set_defaults(func=cmd_state_reset)
+
+    plugins.build_manager().hook.runner_register_commands(subparsers=sub)
+    return parser
+
+
+def cmd_run(args) -> int:
+    from runner.engine import Runner
+
+    pipeline = config.load(args.pipeline, args.overrides)
+    return Runner(pipeline, until_end=args.until_end, drain=args.drain).run()
+
+
+def cmd_validate(args) -> int:
+    pipeline = config.load(args.pipeline, args.overrides)
+    print(f"{args.pipeline}: valid pipeline {pipeline.settings['name']!r} "
+          f"({len(pipeline.settings['stages'])} stages, {len(pipeline.settings['sinks'])} sinks)")
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    registry = plugins.load()
+    if args.schema:
+        print(json.dumps(config.pipeline_schema(registry), indent=2))
+        return 0
+    for kind in ("sources", "stages", "sinks"):
+        print(f"{kind}:")
+        for name, cls in sorted(registry.kind(kind).items()):
+            schema = cls.config_schema
+            print(f"  {name:<18} from {registry.origins[cls]}")
+            if schema.get("description"):
+                print(f"      {schema['description']}")
+            required = set(schema.get("required", ()))
+            for key, prop in schema.get("properties", {}).items():
+                default = "required" if key in required else f"default {json.dumps(prop.get('default'))}"
+                print(f"      {key:<18} {prop.get('description', '')} ({default})")
+    return 0
+
+
+def cmd_state_dump(args) -> int:
+    from runner.dump import dump_state
+
+    pipeline = config.load(args.pipeline)
+    if pipeline.settings["state"]["backend"] == "memory":
+        print(f"{args.pipeline}: state.backend is memory: nothing is persisted", file=sys.stderr)
+        return 2
+    print(json.dumps(dump_state(pipeline), indent=2, sort_keys=True, ensure_ascii=False))
+    return 0
+
+
+def cmd_state_reset(args) -> int:
+    from runner.dump import reset_state
+
+    pipeline = config.load(args.pipeline)
+    path = pipeline.settings["state"]["path"]
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(f"refusing to delete {path} without --yes (no terminal to ask on)", file=sys.stderr)
+            return 2
+        if input(f"delete the state of {pipeline.settings['name']} at {path}? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 2
+    print(f"deleted {path}" if reset_state(pipeline) else f"no state at {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

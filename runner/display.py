@@ -1,0 +1,64 @@
+"""Console display: templates from YAML turned into lines (display is never a result).
+
+Templates are Python format strings over a result's fields, with a few extra specs for
+the shapes results have: ``{window_start:hm}`` (08:10), ``{duration_s:minutes}`` (26.6),
+``{path:arrows 5}`` (a -> b -> ... for a list), ``{page_views:ranked 3 views}``
+(1. /search: 42 views  2. ... for a count_by object or a top list), and
+``{trending:first views}`` (/cart (210 views)).
+"""
+
+from __future__ import annotations
+
+import string
+
+
+def _pairs(value) -> list:
+    if isinstance(value, dict):
+        return sorted(value.items(), key=lambda kv: (-kv[1], str(kv[0])))
+    return [tuple(item) for item in value or ()]
+
+
+class Formatter(string.Formatter):
+    def format_field(self, value, spec):
+        kind, _, arg = spec.partition(" ")
+        if kind == "hm":
+            return value[11:16] if isinstance(value, str) else "-"
+        if kind == "minutes":
+            return "-" if value is None else f"{value / 60:.1f}"
+        if kind == "arrows":
+            items = [str(v) for v in value or ()]
+            limit = int(arg) if arg else len(items)
+            return " -> ".join(items[:limit]) + (" -> ..." if len(items) > limit else "")
+        if kind == "ranked":
+            count, _, unit = arg.partition(" ")
+            pairs = _pairs(value)[: int(count or 3)]
+            return "  ".join(f"{i}. {v}: {c} {unit}".rstrip() for i, (v, c) in enumerate(pairs, 1)) or "-"
+        if kind == "first":
+            pairs = _pairs(value)
+            return f"{pairs[0][0]} ({pairs[0][1]} {arg})".replace(" )", ")") if pairs else "-"
+        if value is None:
+            return "-"
+        try:
+            return super().format_field(value, spec)
+        except (ValueError, TypeError):
+            return str(value)
+
+
+_formatter = Formatter()
+
+
+def render(template: str, fields: dict) -> str:
+    """The template filled from ``fields``; a missing field shows as ``{name?}``."""
+    try:
+        return _formatter.vformat(template, (), _Fields(fields))
+    except (IndexError, ValueError, AttributeError) as exc:
+        return f"{template} (cannot display: {exc})"
+
+
+class _Fields(dict):
+    def __missing__(self, key):
+        return "{" + key + "?}"
+
+
+def template_schema(description: str) -> dict:
+    return {"type": ["string", "null"], "default": None, "description": description}

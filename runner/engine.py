@@ -1,0 +1,287 @@
+"""The processing loop: poll, decode, run the chain, checkpoint, deliver; and recovery."""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+
+from runner.checkpoint import Checkpoint, Stopped
+from runner.codec import DecodeError, decode
+from runner.components import NO_RECORD, Context, Event, RunnerError
+from runner.eventtime import EventTime
+from runner.outputs import Emitter
+from runner.state import FORMAT, LmdbStore, MemoryStore, Store
+from runner.times import duration_ms, format_watermark
+
+COMMON_KEYS = ("type", "name", "to")
+
+
+def component_config(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k not in COMMON_KEYS}
+
+
+def build_stages(pipeline) -> list:
+    s, reg = pipeline.settings, pipeline.registry
+    return [reg.stages[d["type"]](component_config(d), Context(s["name"], d["name"], s)) for d in s["stages"]]
+
+
+def build_sinks(pipeline) -> dict:
+    """Result sinks by name, and the DLQ under ``dlq``."""
+    s, reg = pipeline.settings, pipeline.registry
+    sinks = {d["name"]: reg.sinks[d["type"]](component_config(d), Context(s["name"], d["name"], s)) for d in s["sinks"]}
+    sinks["dlq"] = reg.sinks[s["dlq"]["type"]](component_config(s["dlq"]), Context(s["name"], "dlq", s))
+    return sinks
+
+
+def open_store(settings: dict, readonly: bool = False) -> Store:
+    state = settings["state"]
+    if state["backend"] == "memory":
+        return MemoryStore()
+    return LmdbStore(state["path"], readonly=readonly)
+
+
+def check_state(store: Store, settings: dict, fingerprints: dict) -> None:
+    """Refuse a state written by another pipeline, another format or other window definitions."""
+    fmt = store.meta("format")
+    if fmt is None:
+        return
+    where = settings["state"]["path"]
+    if fmt != FORMAT:
+        raise RunnerError(f"the state at {where} has format {fmt!r}, this runner reads {FORMAT!r}: "
+                          f"reset it with 'runner state reset' or give state.path another directory")
+    owner = store.meta("pipeline")
+    if owner != settings["name"]:
+        raise RunnerError(f"the state at {where} belongs to pipeline {owner!r}, not {settings['name']!r}: "
+                          f"give this pipeline its own state.path")
+    stored = store.meta("fingerprints") or {}
+    for stage, now in fingerprints.items():
+        before = stored.get(stage)
+        if before is not None and before != now:
+            changed = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+                                if before.get(k) != now.get(k))
+            raise RunnerError(f"stage {stage} was checkpointed with another window definition ({changed}); "
+                              f"its open windows cannot be read with the new one: run 'runner state reset' "
+                              f"to start over, or restore the old definition")
+
+
+class Runner:
+    """Runs one pipeline until stopped, until the end of its input, or drained."""
+
+    def __init__(self, pipeline, until_end: bool = False, drain: bool = False, log=print):
+        self.pipeline = pipeline
+        self.settings = s = pipeline.settings
+        self.bounded = until_end or drain
+        self.drain = drain
+        self.log = log
+        self.every_events = s["checkpoint"]["every_events"]
+        self.every_s = s["checkpoint"]["every_ms"] / 1000
+        self.stop_requested = False
+        self._pkeys: dict = {}
+        self.processed = 0
+
+    # --- set up -------------------------------------------------------------------------
+    def _open(self) -> None:
+        s = self.settings
+        started = time.perf_counter()
+        source_settings = s["source"]
+        self.source = self.pipeline.registry.sources[source_settings["type"]](
+            component_config(source_settings), Context(s["name"], "source", s))
+        self.max_bytes = source_settings.get("max_record_bytes", 1 << 20)
+        self.stages = build_stages(self.pipeline)
+        fingerprints = {st.name: st.fingerprint() for st in self.stages if st.fingerprint() is not None}
+        self.store = open_store(s)
+        check_state(self.store, s, fingerprints)
+        self.meta_fixed = {"format": FORMAT, "pipeline": s["name"], "fingerprints": fingerprints}
+        number = self.store.meta("checkpoint", 0)
+
+        routes = {d["name"]: tuple(d["to"]) if d.get("to") else None for d in s["stages"]}
+        self.emit = Emitter(s["name"], routes)
+        self.processors = [st.build(self.store.table(st.name), self.emit) for st in self.stages]
+        windowed = [i for i, st in enumerate(self.stages) if st.windowed]
+        self.first_windowed = windowed[0] if windowed else None
+        self.windowed = [self.processors[i] for i in windowed]
+
+        self.sinks = build_sinks(self.pipeline)
+        formatters = {st.name: st.format_result for st in self.stages}
+        for sink in self.sinks.values():
+            sink.context.formatters = formatters
+        sink_states = self.store.meta("sinks", {}) or {}
+        for name, sink in self.sinks.items():
+            sink.open(sink_states.get(name))
+        outbox = self.store.outbox()
+        next_seq = outbox[-1][0] + 1 if outbox else 0
+        self.checkpoint = Checkpoint(self.store, self.sinks, tuple(d["name"] for d in s["sinks"]), number,
+                                     next_seq, should_stop=lambda: self.stop_requested, log=self.log)
+        self.checkpoint.sink_states = dict(sink_states)
+
+        stored_offsets = self.store.meta("offsets", {}) or {}
+        self.positions = dict(self.source.open(dict(stored_offsets)))
+        self.stop = self.source.end_offsets() if self.bounded else None
+
+        self.tracker = None
+        if self.first_windowed is not None:
+            et = s["event_time"]
+            self.tracker = EventTime(
+                self.stages[0].context, self.stages[self.first_windowed].name,
+                duration_ms(et["grace"]), duration_ms(et["idle_timeout"]) if not self.bounded else 0,
+                self.store.meta("event_time", {}) or {}, self.store.meta("watermark", -math.inf))
+            for p, h in list(self.tracker.high.items()):
+                self.tracker.high[p] = -math.inf if h is None else h
+            self.tracker.add_partitions(self.positions)
+        self.checkpoint.redeliver(outbox)
+        self._report_start(number, stored_offsets, len(outbox), (time.perf_counter() - started) * 1000)
+
+    def _report_start(self, number, offsets, outbox, elapsed_ms) -> None:
+        name = self.settings["name"]
+        if not self.store.persistent:
+            self.log(f"[{name}] state is in memory: nothing is restored or persisted")
+        elif number == 0:
+            self.log(f"[{name}] no checkpoint in {self.settings['state']['path']}: starting fresh "
+                     f"(auto_offset_reset={self.settings['source'].get('auto_offset_reset', 'earliest')})")
+        else:
+            where = ", ".join(f"{p}={o}" for p, o in sorted(offsets.items()))
+            size = self.store.size_bytes() / (1 << 20)
+            self.log(f"[{name}] restored checkpoint {number} in {elapsed_ms:.0f} ms: offsets {where}; "
+                     f"state {size:.1f} MiB; {outbox} outputs redelivered")
+
+    # --- the loop -----------------------------------------------------------------------
+    def run(self) -> int:
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._open()
+            try:
+                self._loop()
+                self._finish()
+            except Stopped:
+                self.log(f"[{self.settings['name']}] stopped with outputs still in the outbox: "
+                         f"they are delivered at the next start", file=sys.stderr)
+            self._close()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.stop_requested:  # a second Ctrl+C: the last checkpoint stands
+            raise KeyboardInterrupt
+        self.stop_requested = True
+
+    def _loop(self) -> None:
+        self.uncommitted = 0
+        self.dirty_since = None
+        last_display = time.monotonic()
+        while not self.stop_requested and not self._reached_end():
+            timeout = 0.1 if self.every_s == 0 else min(0.1, self.every_s)
+            records = self.source.poll(timeout)
+            if records:
+                self._consume(records)
+            now = time.monotonic()
+            if self.tracker is not None and not self.bounded:
+                self._idle(records, now)
+            if self.dirty_since is None and (self.emit.pending or self.checkpoint.pending()):
+                self.dirty_since = now
+            if self.every_s and self.dirty_since is not None and now - self.dirty_since >= self.every_s:
+                self._commit()
+            if now - last_display >= 1.0:
+                self._display()
+                last_display = now
+
+    def _reached_end(self) -> bool:
+        if self.stop is None:
+            return False
+        return all(self.positions.get(p, 0) >= end for p, end in self.stop.items())
+
+    def _consume(self, records) -> None:
+        stop = self.stop
+        if stop is not None:
+            pkey = self._partition
+            records = [r for r in records if r.offset < stop.get(pkey(r), 0)]
+        i, n = 0, len(records)
+        while i < n and not self.stop_requested:
+            room = self.every_events - self.uncommitted
+            chunk = records[i:i + room]
+            i += len(chunk)
+            if self.dirty_since is None:
+                self.dirty_since = time.monotonic()
+            self._process(chunk)
+            self.uncommitted += len(chunk)
+            if self.uncommitted >= self.every_events:
+                self._commit()
+
+    def _partition(self, record) -> str:
+        key = (record.topic, record.partition)
+        name = self._pkeys.get(key)
+        if name is None:
+            name = self._pkeys[key] = f"{record.topic}/{record.partition}"
+        return name
+
+    def _process(self, records) -> None:
+        emit, positions, pkey, max_bytes = self.emit, self.positions, self._partition, self.max_bytes
+        events = []
+        for r in records:
+            positions[pkey(r)] = r.offset + 1
+            if r.value is NO_RECORD:
+                continue
+            try:
+                data = decode(r.value, max_bytes)
+            except DecodeError as exc:
+                emit.dead_letter(r, "source", "deserialization", str(exc))
+                continue
+            events.append(Event(r, data))
+        self.processed += len(records)
+        for i, proc in enumerate(self.processors):
+            if i == self.first_windowed:
+                events = self.tracker.observe(events, emit, pkey)
+            if events:
+                events = proc.process(events)
+        if self.tracker is not None:
+            self._advance(self.tracker.recompute())
+
+    def _advance(self, watermark: float) -> None:
+        if watermark != getattr(self, "_advanced_to", None):
+            self._advanced_to = watermark
+            for proc in self.windowed:
+                proc.advance(watermark)
+
+    def _idle(self, records, now: float) -> None:
+        if records:
+            self.tracker.seen({self._partition(r) for r in records}, now)
+        self.tracker.update_idle(self.source.caught_up, now)
+        self._advance(self.tracker.recompute())
+
+    def _commit(self) -> None:
+        meta = dict(self.meta_fixed, offsets=dict(self.positions))
+        if self.tracker is not None:
+            meta["event_time"] = {p: (None if h == -math.inf else h) for p, h in self.tracker.high.items()}
+            meta["watermark"] = self.tracker.watermark
+        else:
+            meta["event_time"] = {p: None for p in self.positions}
+            meta["watermark"] = -math.inf
+        self.checkpoint.commit(self.emit.take(), meta)
+        self.uncommitted = 0
+        self.dirty_since = None
+
+    def _finish(self) -> None:
+        if self.drain and self.tracker is not None and self._reached_end():
+            self._advance(self.tracker.drain())
+        self._commit()
+        if self.checkpoint.pending():  # confirm the last deliveries, so the outbox is empty
+            self._commit()
+        self._display()
+
+    def _display(self) -> None:
+        lines = [line for proc in self.processors for line in proc.report()]
+        if lines:
+            for sink in self.sinks.values():
+                sink.display(lines)
+
+    def _close(self) -> None:
+        for sink in self.sinks.values():
+            sink.close()
+        self.source.close()
+        self.store.close()
+        self.log(f"[{self.settings['name']}] stopped cleanly after {self.processed} records; "
+                 f"checkpoint {self.checkpoint.number}, watermark "
+                 f"{format_watermark(self.tracker.watermark) if self.tracker else None}")
