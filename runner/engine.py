@@ -157,6 +157,9 @@ class Runner:
             except Stopped:
                 self.log(f"[{self.settings['name']}] stopped with outputs still in the outbox: "
                          f"they are delivered at the next start", file=sys.stderr)
+            except BaseException:
+                self._abort()
+                raise
             self._close()
         finally:
             for sig, handler in previous.items():
@@ -276,6 +279,14 @@ class Runner:
         if lines:
             for sink in self.sinks.values():
                 sink.display(lines)
+
+    def _abort(self) -> None:
+        """Leave without a checkpoint, as a crash would: the last checkpoint stands."""
+        for closer in (self.source.close, self.store.close):
+            try:
+                closer()
+            except Exception:
+                pass
 
     def _close(self) -> None:
         for sink in self.sinks.values():
