@@ -45,6 +45,8 @@ def _explain(raw: bytes, exc: Exception) -> str:
         return f"not UTF-8: invalid byte at position {err.start}"
     if re.search(r"\b(NaN|-?Infinity)\b", text):
         return "not JSON: NaN and Infinity are not JSON numbers"
+    if "infinity" in str(exc):
+        return f"not JSON: a number overflows a double ({exc})"
     return f"not JSON: {exc}"
 
 

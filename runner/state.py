@@ -165,6 +165,9 @@ class LmdbStore(Store):
             except lmdb.NotFoundError:
                 return None
             self._dbs[name] = db
+            if getattr(self, "_rtxn", None) is not None:  # a read txn begun before cannot see a new db
+                self._rtxn.abort()
+                self._rtxn = self._env.begin(buffers=False)
         return db
 
     def read(self, table, key, default=None):

@@ -44,8 +44,8 @@ class Session(WindowStage):
         raise NotImplementedError  # a key's entry holds several sessions: see dump
 
     def dump(self, table):
-        sessions = [self.result(key, start, last, accs)
-                    for k, (key, items) in table.items() if k != LATE for start, last, accs in items]
+        entries = [entry for k, entry in table.items() if k != LATE]
+        sessions = [self.result(key, start, last, accs) for key, items in entries for start, last, accs in items]
         sessions.sort(key=lambda r: (compact(r["key"]), r["window_start"], r["window_end"]))
         return {"late": table.get(LATE, 0), "open": sessions}
 
