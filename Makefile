@@ -1,0 +1,27 @@
+# Two commands for a fresh clone: `make demo` (the main job) and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: install demo test bench clean
+
+$(BIN)/runner: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/runner
+
+# The embedded broker, synthetic clicks (a few bad ones) and the fault-tolerant pipeline.
+demo: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/runner bench pipelines/basic.yaml pipelines/fault_tolerant.yaml
+
+clean:
+	rm -rf $(VENV) state_store output .pytest_cache
