@@ -40,11 +40,12 @@ SECTIONS = {
 
 
 class Finding(NamedTuple):
-    """One error: where it is (a path into the document, or a bare line) and what is wrong."""
+    """One error: where it is (a path into the document) and what is wrong."""
 
     path: tuple
     message: str
     line: int | None = None  # when it is not the path's line (a duplicate key, a bad key)
+    set_text: str | None = None  # the --set whose path leads nowhere
 
 
 class ComponentSpec(NamedTuple):
@@ -121,6 +122,7 @@ def load(path: str, overrides: list[str] = (), registry: plugins.Registry | None
 
 # --- reading YAML -------------------------------------------------------------------------------
 
+_KEY_WORDS = {"int": "a number", "float": "a number", "bool": "true or false", "null": "null", "timestamp": "a time"}
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
 _TAG = "tag:yaml.org,2002:"
 _RESOLVER = yaml.resolver.Resolver()
@@ -164,6 +166,7 @@ class _Document:
         self.filename = filename
         self.lines: dict[tuple, int] = {}
         self.overrides: dict[tuple, str] = {}  # path -> the --set text that made its value
+        self.applied: list[str] = []  # every --set text, in order
         self.findings: list[Finding] = []
         self.reported: set[tuple] = set()  # paths whose value is known bad: no second error
         try:
@@ -179,6 +182,7 @@ class _Document:
             raise ConfigError([f"{filename}:{line}: {exc.problem or exc.context}"]) from None
         except yaml.YAMLError as exc:
             raise ConfigError([f"{filename}: {exc}"]) from None
+        self.lines[()] = 1  # an empty file has no root node
         self.data = None if node is None else self._value(node, (), node.start_mark.line + 1)
 
     def _error(self, path: tuple, message: str) -> None:
@@ -222,8 +226,8 @@ class _Document:
             return None
         if node.style is None and node.tag != _TAG + "str":
             # `on:`, `yes:` or `1:` would silently become true or 1: ask for quotes instead.
-            kind = node.tag.rsplit(":", 1)[-1]
-            message = f'key {node.value} is read as a {kind}: quote it ("{node.value}") to mean the text'
+            kind = _KEY_WORDS.get(node.tag.rsplit(":", 1)[-1], node.tag)
+            message = f'key {node.value} is read as {kind}: quote it ("{node.value}") to use it as a name'
             self.findings.append(Finding(path + (node.value,), message, line))
             return None
         return node.value
@@ -266,14 +270,15 @@ class _Document:
 
     def override(self, text: str) -> None:
         """Apply one ``--set PATH=VALUE``; a path that leads nowhere is an error."""
+        self.applied.append(text)
         target, sep, raw = text.partition("=")
         if not sep or not target:
-            self.findings.append(Finding(("--set",), f"--set {text}: expected PATH=VALUE"))
+            self.findings.append(Finding(("--set",), f"--set {text}: expected PATH=VALUE", set_text=text))
             return
         try:
             container, key, path = self._resolve(target.split("."))
         except LookupError as exc:
-            self.findings.append(Finding(("--set",), f"--set {text}: {exc.args[0]}"))
+            self.findings.append(Finding(("--set",), f"--set {text}: {exc.args[0]}", set_text=text))
             return
         container[key] = _read_value(raw)
         # The old value's lines and overrides no longer describe anything.
@@ -281,6 +286,7 @@ class _Document:
             for old in [p for p in table if p[: len(path)] == path]:
                 del table[old]
         self.findings = [f for f in self.findings if f.path[: len(path)] != path]
+        self.reported = {p for p in self.reported if p[: len(path)] != path}
         self.overrides[path] = text
 
     def _resolve(self, parts: list[str]) -> tuple[Any, Any, tuple]:
@@ -322,23 +328,30 @@ class _Document:
     # --- reporting ----------------------------------------------------------------------------
 
     def format(self, findings: list[Finding]) -> list[str]:
-        """``FILE:LINE: PATH: message`` lines, in file order, each error once."""
+        """``FILE:LINE: PATH: message`` lines, each error once: the file's in line order,
+        then those of ``--set`` values in the order they were given."""
         out, seen = [], set()
         for finding in findings:
             if finding.path[:1] == ("--set",):
-                line, text = None, finding.message  # it names its --set already
+                text, rank = finding.message, (1, self._set_rank(finding.set_text))
             elif finding.path in self.reported and finding not in self.findings:
                 continue  # e.g. an unset variable: the empty value it left is not a second error
             else:
-                line = finding.line or self.lines.get(_deepest(self.lines, finding.path))
                 where = _where(self.filename, self.lines, self.overrides, finding.path)
                 if finding.line is not None:
                     where = f"{self.filename}:{finding.line}"
                 text = f"{where}: {format_path(finding.path)}: {finding.message}"
+                if where.startswith("--set "):
+                    rank = (1, self._set_rank(where[len("--set "):]))
+                else:
+                    rank = (0, finding.line or self.lines.get(_deepest(self.lines, finding.path), 0))
             if text not in seen:
                 seen.add(text)
-                out.append((line is None, line or 0, len(out), text))
+                out.append((rank, len(out), text))
         return [text for *_, text in sorted(out)]
+
+    def _set_rank(self, text: str) -> int:
+        return self.applied.index(text) if text in self.applied else len(self.applied)
 
 
 def _item_name(item: Any) -> Any:
@@ -634,7 +647,8 @@ def _put(data: Any, path: tuple, value: Any) -> None:
 
 
 def _did_you_mean(word: str, known) -> str:
-    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.7)
+    # 0.6 is difflib's own default: "tumbling" still finds "tumbling_window", "foo" finds nothing.
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
     return f'; did you mean "{close[0]}"?' if close else ""
 
 
@@ -674,6 +688,8 @@ def _explain(error: jsonschema.ValidationError, root: dict) -> Iterator[tuple[tu
         if best:
             for sub in best:
                 yield from _explain(sub, root)
+        elif not error.context:  # a oneOf that more than one branch accepts
+            yield path, f"{_show(value)} matches more than one of the allowed forms"
         else:
             yield path, _expected_message(error, root) or _no_variant_message(error)
     elif kind not in _STRUCTURAL and _expected(error, root):
@@ -750,8 +766,6 @@ def _describe(schema: Any) -> str | None:
 
 
 def _no_variant_message(error: jsonschema.ValidationError) -> str:
-    if not error.context:
-        return f"{_show(error.instance)} matches more than one of the allowed forms"
     words = [_describe(s) for s in error.validator_value]
     if all(words):
         return f"expected {' or '.join(dict.fromkeys(words))}, got {_show(error.instance)}"
