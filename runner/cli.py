@@ -55,9 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     state_sub = state.add_subparsers(metavar="ACTION")
     dump = state_sub.add_parser("dump", help="print the last checkpoint as JSON")
     dump.add_argument("pipeline")
+    dump.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
     dump.set_defaults(func=cmd_state_dump)
     reset = state_sub.add_parser("reset", help="delete the pipeline's state")
     reset.add_argument("pipeline")
+    reset.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
     reset.add_argument("--yes", action="store_true", help="do not ask")
     reset.set_defaults(func=cmd_state_reset)
 
@@ -101,7 +103,7 @@ def cmd_plugins(args) -> int:
 def cmd_state_dump(args) -> int:
     from runner.dump import dump_state
 
-    pipeline = config.load(args.pipeline)
+    pipeline = config.load(args.pipeline, args.overrides)
     if pipeline.settings["state"]["backend"] == "memory":
         print(f"{args.pipeline}: state.backend is memory: nothing is persisted", file=sys.stderr)
         return 2
@@ -112,7 +114,7 @@ def cmd_state_dump(args) -> int:
 def cmd_state_reset(args) -> int:
     from runner.dump import reset_state
 
-    pipeline = config.load(args.pipeline)
+    pipeline = config.load(args.pipeline, args.overrides)
     path = pipeline.settings["state"]["path"]
     if not args.yes:
         if not sys.stdin.isatty():
