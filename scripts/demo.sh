@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The main job: the embedded broker, synthetic clicks (a few bad ones) and the fault-tolerant
+# pipeline with live output. Ctrl+C stops everything cleanly; run it again to resume from the
+# last checkpoint. Run from the project root with the runner on PATH (make demo does both).
+set -euo pipefail
+PORT=${DEMO_PORT:-9092}
+export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$PORT
+PIPELINE=pipelines/fault_tolerant.yaml
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo "demo stopped; 'make demo' again resumes from the checkpoint in state_store/fault_tolerant"
+}
+trap cleanup EXIT
+trap 'exit 0' INT TERM
+
+if (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null; then
+  echo "using the Kafka broker already listening on 127.0.0.1:$PORT"
+else
+  runner broker --port "$PORT" & pids+=($!)
+  for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break; sleep 0.2; done
+  sleep 1  # the broker creates its topics right after it starts listening
+fi
+
+if [ ! -e state_store/fault_tolerant ]; then
+  # First run: half an hour of past clicks at once, so windows and sessions close right away.
+  runner generate --count 18000 --rate 0 --bad-ratio 0.02 --seed 1 \
+    --start "$(date -u -d '-30 min' +%Y-%m-%dT%H:%M:%SZ)" >/dev/null
+fi
+# Then live clicks, 20 a second, 2% of them bad.
+runner generate --rate 20 --bad-ratio 0.02 >/dev/null 2>&1 & pids+=($!)
+
+runner run "$PIPELINE" & pids+=($!)
+wait "${pids[-1]}"
