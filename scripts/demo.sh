@@ -9,8 +9,11 @@ PIPELINE=pipelines/fault_tolerant.yaml
 pids=()
 cleanup() {
   trap - EXIT INT TERM
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # the runner first (it checkpoints and delivers), then the clicks, then the broker
+  for ((i=${#pids[@]}-1; i>=0; i--)); do
+    kill -TERM "${pids[i]}" 2>/dev/null || true
+    wait "${pids[i]}" 2>/dev/null || true
+  done
   echo "demo stopped; 'make demo' again resumes from the checkpoint in state_store/fault_tolerant"
 }
 trap cleanup EXIT
@@ -26,11 +29,11 @@ fi
 
 if [ ! -e state_store/fault_tolerant ]; then
   # First run: half an hour of past clicks at once, so windows and sessions close right away.
-  runner generate --count 18000 --rate 0 --bad-ratio 0.02 --seed 1 \
+  runner generate --count 18000 --rate 0 --bad-ratio 0.02 --seed 1 --users 500 \
     --start "$(date -u -d '-30 min' +%Y-%m-%dT%H:%M:%SZ)" >/dev/null
 fi
 # Then live clicks, 20 a second, 2% of them bad.
-runner generate --rate 20 --bad-ratio 0.02 >/dev/null 2>&1 & pids+=($!)
+runner generate --rate 20 --bad-ratio 0.02 --users 500 >/dev/null 2>&1 & pids+=($!)
 
 runner run "$PIPELINE" & pids+=($!)
 wait "${pids[-1]}"

@@ -13,13 +13,14 @@ from runner.schema import obj
 class ConsoleSink(Sink):
     """Prints each result as its stage formats it (its ``display`` template) or as JSON, and
     the display lines of stages and dead letters. Not exactly once: after a crash, outputs
-    that were in the outbox are printed again. At most ``max_lines_per_s`` lines a second;
-    the rest are counted, not shown."""
+    that were in the outbox are printed again. Results are always shown; display lines at
+    most ``max_lines_per_s`` a second, the rest counted, so a burst of bad input cannot
+    bury them."""
 
     type = "console"
     config_schema = obj({
         "max_lines_per_s": {"type": "integer", "minimum": 1, "default": 50,
-                            "description": "lines shown per second at most; the rest are summarized"},
+                            "description": "display lines (reports, dead letter notices) shown per second at most; the rest are counted"},
     }, description="Prints results and display lines for people (may repeat after a crash).")
 
     def __init__(self, config, context):
@@ -36,13 +37,13 @@ class ConsoleSink(Sink):
             formatter = formatters.get(out.stage)
             line = formatter(out.data()) if formatter else None
             lines.append(line or out.value.decode())
-        self.display(lines)
+        print("\n".join(lines), flush=True)
 
     def display(self, lines):
         now = int(time.monotonic())
         if now != self.second:
             if self.hidden:
-                print(f"... {self.hidden} more lines not shown", flush=False)
+                print(f"... {self.hidden} more display lines not shown (over max_lines_per_s)")
             self.second, self.shown, self.hidden = now, 0, 0
         room = max(0, self.budget - self.shown)
         for line in lines[:room]:
