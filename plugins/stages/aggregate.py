@@ -28,7 +28,7 @@ class Aggregate(Stage):
             "additionalProperties": {"type": "number", "exclusiveMinimum": 0, "x-expected": "a number > 0"},
             "description": "metric -> M: emit a result each time the metric of a key reaches a multiple of M",
         },
-        "display": obj({
+        "display": {"default": {}, **obj({
             "every": duration("how often the console report is shown", default="10s"),
             "line": template_schema("one line per key changed since the last report, e.g. '[PAGE STATS] {key}: {views} views'"),
             "milestone": template_schema("how a milestone shows on the console, e.g. '[POPULAR] {key} reached {value} {milestone}!'"),
@@ -37,7 +37,7 @@ class Aggregate(Stage):
                 "n": {"type": "integer", "minimum": 1, "default": 5, "description": "how many keys"},
                 "title": {"type": "string", "default": "TOP KEYS", "description": "the table's heading"},
             }, required=("by",), description="a periodic table of the top keys"),
-        }, description="console display; not results"),
+        }, description="console display; not results")},
     }, required=("aggregations",), description="Running aggregations per key (no window); results are milestones only.")
 
     @classmethod
