@@ -1,0 +1,171 @@
+"""The Kafka source: every partition of its topics, assigned by hand, positions owned by the runner.
+
+No consumer group is joined and no offset is committed to Kafka: the runner keeps the
+offsets in its own checkpoints and passes them to ``open``. End offsets are measured by
+the high watermark of a fetch (see ``plugins.kafka_common``).
+"""
+
+from __future__ import annotations
+
+import time
+
+from kafka.errors import KafkaError
+
+from plugins import kafka_common as kc
+from runner import hookimpl
+from runner.components import RunnerError, Source
+from runner.schema import obj, source_common
+
+STATUS_EVERY_S = 5.0  # at most one "unreachable" line, and one health check, per this long
+
+
+class KafkaSource(Source):
+    """Reads all partitions of ``topics``; records are kafka-python ``ConsumerRecord`` objects."""
+
+    type = "kafka"
+    config_schema = obj({
+        "topics": {
+            "type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
+            "description": "topics to read; every partition of each is read by this one runner",
+        },
+        **kc.connection_properties(),
+        "group_id": {
+            "type": ["string", "null"], "default": None,
+            "description": "a name for this reader (used as the Kafka client id); no group is joined "
+                           "and offsets live in the runner's state, not in Kafka",
+        },
+        "auto_offset_reset": {
+            "enum": ["earliest", "latest"], "default": "earliest",
+            "description": "where a partition starts with no stored offset, or when its stored "
+                           "offset is outside the partition (the broker lost or deleted data)",
+        },
+        **source_common(),
+    }, required=("topics",), description="read records from Kafka topics")
+
+    consumer = None
+
+    def open(self, offsets: dict[str, int]) -> dict[str, int]:
+        """Assign every partition of ``topics`` and seek each to its start; return the positions.
+
+        A stored offset (``"topic/partition"`` -> next offset) inside the partition is used
+        as it is. With none, or one outside [log start, true end] (reported on stderr), the
+        partition starts at its log start (``earliest``) or its true end (``latest``).
+        Raises ``RunnerError`` when no broker answers within 10 s or a topic is missing.
+        """
+        cfg = self.config
+        self.servers, self.options = cfg["bootstrap_servers"], cfg["options"]
+        self.client_id = cfg["group_id"] or f"runner-{self.context.pipeline}"
+        self.consumer = kc.consumer(
+            self.servers, self.options, self.client_id, auto_offset_reset=cfg["auto_offset_reset"],
+            max_poll_records=2000, max_partition_fetch_bytes=4 << 20, fetch_max_wait_ms=200)
+        try:
+            self.tps = kc.partitions_of(self.consumer, cfg["topics"], self.servers)
+            self.by_key = {kc.key(tp): tp for tp in self.tps}
+            ends = kc.true_ends(self.servers, self.options, self.client_id, self.tps)
+            starts = self.consumer.beginning_offsets(self.tps, timeout_ms=kc.CONNECT_TIMEOUT_S * 1000)
+        except KafkaError as exc:
+            self.close()
+            raise RunnerError(f"cannot read the start offsets of {', '.join(cfg['topics'])}: {exc}") from None
+        except RunnerError:
+            self.close()
+            raise
+
+        reset = cfg["auto_offset_reset"]
+        positions = {}
+        for name, tp in self.by_key.items():
+            offset = offsets.get(name)
+            if offset is not None and offset > ends[tp]:
+                kc.warn(f"WARNING: stored offset {offset} of {name} is beyond its end {ends[tp]} "
+                        f"(was the broker restarted empty?): starting from {reset} per auto_offset_reset")
+                offset = None
+            elif offset is not None and offset < starts[tp]:
+                kc.warn(f"WARNING: stored offset {offset} of {name} is before its start {starts[tp]} "
+                        f"(deleted by retention?): starting from {reset} per auto_offset_reset")
+                offset = None
+            if offset is None:
+                offset = starts[tp] if reset == "earliest" else ends[tp]
+            positions[name] = offset
+        self.consumer.assign(self.tps)
+        for name, tp in self.by_key.items():
+            self.consumer.seek(tp, positions[name])
+
+        self.down = False
+        self.last_check = time.monotonic()
+        self.suspects: dict = {}  # partition -> (position, high watermark) seen beyond the end
+        return positions
+
+    def end_offsets(self) -> dict[str, int]:
+        """The true end (fetch high watermark) of every partition, measured now."""
+        ends = kc.true_ends(self.servers, self.options, self.client_id, self.tps)
+        return {kc.key(tp): end for tp, end in ends.items()}
+
+    def poll(self, timeout: float) -> list:
+        """Records fetched within ``timeout`` s, in offset order per partition.
+
+        Never raises for a lost broker: returns [] and says so on stderr at most every
+        5 s, and goes on where it was once the broker is back.
+        """
+        try:
+            batches = self.consumer.poll(timeout_ms=max(0, int(timeout * 1000)))
+        except KafkaError:
+            batches = {}  # kafka-python recovers by itself; the health check below reports it
+        records = [r for batch in batches.values() for r in batch]
+        if not records and time.monotonic() - self.last_check >= STATUS_EVERY_S:
+            self._check_health()
+        return records
+
+    def caught_up(self, partition: str) -> bool:
+        """True when the partition's position has reached the high watermark of its last fetch."""
+        tp = self.by_key[partition]
+        high = self.consumer.highwater(tp)
+        position = self.consumer.position(tp, timeout_ms=0)
+        return high is not None and position is not None and position >= high
+
+    def seek(self, partition: str, offset: int) -> None:
+        """Read ``partition`` from ``offset`` on."""
+        self.consumer.seek(self.by_key[partition], offset)
+
+    def close(self) -> None:
+        """Leave the broker; nothing to commit (offsets live in the runner's checkpoints)."""
+        if self.consumer is not None:
+            self.consumer.close(autocommit=False, timeout_ms=2000)
+            self.consumer = None
+
+    # --- while nothing arrives ---------------------------------------------------------
+    def _check_health(self) -> None:
+        self.last_check = time.monotonic()
+        if not kc.reachable(self.servers):
+            self.down = True
+            kc.warn(f"[KAFKA] broker {self.servers} unreachable; retrying...")
+            return
+        if self.down:
+            self.down = False
+            kc.warn(f"[KAFKA] broker {self.servers} is back")
+        self._reset_beyond_end()
+
+    def _reset_beyond_end(self) -> None:
+        """A position past the high watermark means the broker lost data (a restarted
+        in-memory broker keeps answering, with nothing, instead of OFFSET_OUT_OF_RANGE).
+        Act only on the same reading twice, 5 s apart, so a lagging leader never rewinds us."""
+        suspects = {}
+        for name, tp in self.by_key.items():
+            high = self.consumer.highwater(tp)
+            position = self.consumer.position(tp, timeout_ms=0)
+            if high is None or position is None or position <= high:
+                continue
+            if self.suspects.get(name) != (position, high):
+                suspects[name] = (position, high)
+                continue
+            reset = self.config["auto_offset_reset"]
+            kc.warn(f"WARNING: offset {position} of {name} is beyond its end {high} "
+                    f"(was the broker restarted empty?): going on from {reset} per auto_offset_reset")
+            if reset == "earliest":
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, high)
+        self.suspects = suspects
+
+
+@hookimpl
+def runner_register_sources():
+    return [KafkaSource]

@@ -1,0 +1,36 @@
+"""Fixtures for the whole suite: one embedded Kafka-compatible broker per test session."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+# pytest puts tests/ on sys.path, where tests/runner and tests/plugins would pass for the
+# namespace packages `runner` and `plugins`; the project root first keeps the real ones.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from plugins import broker as embedded  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def broker():
+    """The bootstrap string ``127.0.0.1:PORT`` of a Tansu broker started once per session."""
+    port = embedded.free_port()
+    proc = embedded.start_broker(port, {})
+    yield f"127.0.0.1:{port}"
+    embedded.stop_broker(proc)
+
+
+@pytest.fixture
+def topic_factory(broker):
+    """``make(partitions=1) -> name``: a fresh, uniquely named topic on the session broker."""
+
+    def make(partitions: int = 1, prefix: str = "test") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        embedded.create_topics(broker, {name: partitions})
+        return name
+
+    return make

@@ -1,0 +1,190 @@
+"""The Kafka sink against a real (Tansu) broker: every id once, across crashes and send errors."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+
+from plugins import broker as embedded
+from plugins import kafka_common as kc
+from plugins.sinks.kafka import KafkaSink
+from runner.components import Context, RunnerError
+from runner.outputs import Output
+
+
+def make_sink(servers: str, topic: str, state=None, source_servers: str | None = None, **config) -> KafkaSink:
+    """A sink opened like the runner does; with ``source_servers`` its servers come from the source."""
+    settings = {"source": {"type": "kafka", "topics": ["in"], "bootstrap_servers": source_servers or servers,
+                           "options": {}}}
+    config = {"topic": topic, "bootstrap_servers": None if source_servers else servers, "options": {}, **config}
+    sink = KafkaSink(config, Context("test", "out", settings))
+    sink.open(state)
+    return sink
+
+
+def outputs(ids, key: bytes | None = b'"k"') -> list[Output]:
+    return [Output(f"test/stage/{i}", "result", "stage", key, b'{"n":%d}' % i, None) for i in ids]
+
+
+def read_topic(servers: str, topic: str) -> list:
+    """Every record of ``topic``, read up to the true end of each partition."""
+    client = kc.consumer(servers, {}, "test-reader", auto_offset_reset="earliest")
+    try:
+        tps = kc.partitions_of(client, [topic], servers)
+        ends = kc.true_ends(servers, {}, "test-probe", tps)
+        client.assign(tps)
+        for tp in tps:
+            client.seek(tp, 0)
+        records, deadline = [], time.monotonic() + 10
+        while sum(1 for tp in tps if client.position(tp, timeout_ms=0) < ends[tp]) and time.monotonic() < deadline:
+            records.extend(r for batch in client.poll(timeout_ms=200).values() for r in batch)
+        return records
+    finally:
+        client.close()
+
+
+def ids_in(records) -> Counter:
+    return Counter(dict(r.headers)["runner-id"].decode() for r in records)
+
+
+def test_deliver_and_flush_write_each_output_once_with_id_header_and_key(broker, topic_factory):
+    topic = topic_factory(3)
+    sink = make_sink(broker, topic, source_servers=broker)  # servers default to the source's
+    try:
+        sink.deliver(outputs(range(40)) + outputs(range(40, 50), key=None))  # DLQ records may have no key
+        state = sink.flush()
+        assert sink.flush() == state  # nothing new: the same confirmed ends
+    finally:
+        sink.close()
+    records = read_topic(broker, topic)
+    assert ids_in(records) == Counter(f"test/stage/{i}" for i in range(50))
+    by_id = {dict(r.headers)["runner-id"].decode(): r for r in records}
+    assert (by_id["test/stage/7"].key, by_id["test/stage/7"].value) == (b'"k"', b'{"n":7}')
+    assert by_id["test/stage/45"].key is None
+    assert len({r.partition for r in records if r.key == b'"k"'}) == 1  # one key, one partition
+    ends = Counter(r.partition for r in records)
+    assert state == {f"{topic}/{p}": ends[p] for p in range(3)}  # every partition read back
+
+
+def test_a_restart_with_stale_state_writes_nothing_twice(broker, topic_factory):
+    topic = topic_factory(2)
+    first = make_sink(broker, topic)
+    first.deliver(outputs(range(30)))
+    committed = first.flush()  # the state the last checkpoint holds
+    first.deliver(outputs(range(30, 60)))
+    first.flush()  # written and confirmed, then a crash before that checkpoint committed
+    first.deliver(outputs(range(60, 70)))  # sent, never confirmed
+    first.producer.flush(timeout=10)
+    first.close()
+
+    second = make_sink(broker, topic, state=committed)
+    try:
+        second.deliver(outputs(range(30, 80)))  # the outbox since the committed checkpoint, and new ones
+        state = second.flush()
+    finally:
+        second.close()
+    records = read_topic(broker, topic)
+    assert ids_in(records) == Counter(f"test/stage/{i}" for i in range(80))
+    assert sum(state.values()) == 80
+
+
+def test_a_first_run_reads_the_topic_from_the_start(broker, topic_factory):
+    topic = topic_factory(1)
+    crashed = make_sink(broker, topic)
+    crashed.deliver(outputs(range(5)))
+    crashed.producer.flush(timeout=10)  # reached Kafka, but no checkpoint ever held a state
+    crashed.close()
+    again = make_sink(broker, topic, state=None)
+    try:
+        again.deliver(outputs(range(8)))
+        assert again.flush() == {f"{topic}/0": 8}
+    finally:
+        again.close()
+    assert ids_in(read_topic(broker, topic)) == Counter(f"test/stage/{i}" for i in range(8))
+
+
+def test_a_send_error_makes_the_next_delivery_read_back_first(broker, topic_factory):
+    topic = topic_factory(2)
+    sink = make_sink(broker, topic, options={"max_request_size": 4000})
+    huge = Output("test/stage/huge", "result", "stage", b"k", b"x" * 10000, None)
+    try:
+        sink.deliver(outputs(range(10)))
+        sink.flush()
+        with pytest.raises(Exception):  # the first 20 are sent, then the huge one fails
+            sink.deliver(outputs(range(10, 30)) + [huge] + outputs(range(30, 40)))
+        with pytest.raises(RunnerError):  # a failed delivery fails the flush that follows
+            sink.flush()
+        sink.recover()
+        sink.deliver(outputs(range(10, 40)))  # the runner delivers the unconfirmed outputs again
+        state = sink.flush()
+    finally:
+        sink.close()
+    assert ids_in(read_topic(broker, topic)) == Counter(f"test/stage/{i}" for i in range(40))
+    assert sum(state.values()) == 40
+
+
+def test_a_flush_that_another_sink_undid_is_read_back(broker, topic_factory):
+    """Sink A flushed, sink B failed: the runner calls ``recover`` and redelivers to both."""
+    topic = topic_factory(1)
+    sink = make_sink(broker, topic)
+    try:
+        sink.deliver(outputs(range(10)))
+        sink.flush()
+        sink.recover()
+        sink.deliver(outputs(range(10)))
+        assert sink.flush() == {f"{topic}/0": 10}
+    finally:
+        sink.close()
+    assert ids_in(read_topic(broker, topic)) == Counter(f"test/stage/{i}" for i in range(10))
+
+
+def test_a_lost_broker_fails_the_flush_and_an_emptied_one_is_read_from_zero(capfd):
+    port = embedded.free_port()
+    servers, topic = f"127.0.0.1:{port}", "results"
+    proc = embedded.start_broker(port, {topic: 1})
+    fast = {"request_timeout_ms": 1000, "delivery_timeout_ms": 1500, "max_block_ms": 1500}
+    sink = make_sink(servers, topic, options=fast)
+    try:
+        sink.deliver(outputs(range(5)))
+        committed = sink.flush()
+        assert committed == {f"{topic}/0": 5}
+        embedded.stop_broker(proc)
+        with pytest.raises(Exception):
+            sink.deliver(outputs(range(5, 8)))
+            sink.flush()
+        proc = embedded.start_broker(port, {topic: 1})  # back, and empty
+        sink.recover()
+        deadline = time.monotonic() + 10
+        while True:  # the runner retries with backoff until a flush succeeds
+            try:
+                sink.deliver(outputs(range(5, 8)))
+                state = sink.flush()
+                break
+            except Exception:
+                assert time.monotonic() < deadline
+                sink.recover()
+                time.sleep(0.2)
+        assert state == {f"{topic}/0": 3}
+        sink.close()
+
+        # a crash before that state was committed: the next start has offset 5, beyond the end 3
+        sink = make_sink(servers, topic, state=committed, options=fast)
+        sink.deliver(outputs(range(5, 9)))
+        assert sink.flush() == {f"{topic}/0": 4}
+        assert "confirmed offset 5 of results/0 is beyond its end 3" in capfd.readouterr().err
+        assert ids_in(read_topic(servers, topic)) == Counter(f"test/stage/{i}" for i in range(5, 9))
+    finally:
+        sink.close()
+        embedded.stop_broker(proc)
+
+
+def test_missing_topic_or_broker_fails_open_naming_it(broker):
+    with pytest.raises(RunnerError, match="topic 'nowhere' does not exist"):
+        make_sink(broker, "nowhere")
+    address = f"127.0.0.1:{embedded.free_port()}"
+    started = time.monotonic()
+    with pytest.raises(RunnerError, match=f"no Kafka broker at {address} within 1.5 s"):
+        make_sink(address, "results", options={"bootstrap_timeout_ms": 1500})
+    assert time.monotonic() - started < 4

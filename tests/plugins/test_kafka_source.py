@@ -1,0 +1,139 @@
+"""The Kafka source against a real (Tansu) broker: positions, true end offsets, lost brokers."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kafka import KafkaProducer
+
+from plugins import broker as embedded
+from plugins.sources import kafka as source_module
+from plugins.sources.kafka import KafkaSource
+from runner.components import Context, RunnerError
+
+
+def make_source(servers: str, topics: list[str], **config) -> KafkaSource:
+    config = {"topics": topics, "bootstrap_servers": servers, "group_id": None,
+              "auto_offset_reset": "earliest", "options": {}, "max_record_bytes": 1 << 20, **config}
+    return KafkaSource(config, Context("test", "source", {}))
+
+
+def produce(servers: str, topic: str, partition: int, count: int, one_batch: bool = False) -> None:
+    """``count`` records ``{"i": n}``; with ``one_batch`` they go out as a single record batch."""
+    settings = {"linger_ms": 1000, "batch_size": 1 << 22} if one_batch else {"linger_ms": 0}
+    producer = KafkaProducer(bootstrap_servers=servers, **settings)
+    for n in range(count):
+        future = producer.send(topic, value=b'{"i":%d}' % n, key=b"k%d" % n, partition=partition,
+                               headers=[("h", b"v")])
+        if not one_batch:
+            future.get(timeout=10)
+    producer.flush(timeout=10)
+    producer.close(timeout=5)
+
+
+def read(source: KafkaSource, want: int, seconds: float = 10.0) -> list:
+    records, deadline = [], time.monotonic() + seconds
+    while len(records) < want and time.monotonic() < deadline:
+        records.extend(source.poll(0.2))
+    return records
+
+
+def test_reads_every_partition_from_stored_offsets_and_fixes_true_ends(broker, topic_factory):
+    topic = topic_factory(3)
+    produce(broker, topic, 0, 1000, one_batch=True)  # Tansu's ListOffsets would say 1 here
+    produce(broker, topic, 1, 10)
+    # partition 2 stays empty
+    source = make_source(broker, [topic])
+    try:
+        positions = source.open({f"{topic}/0": 250, f"{topic}/1": 3})
+        assert positions == {f"{topic}/0": 250, f"{topic}/1": 3, f"{topic}/2": 0}
+        assert source.end_offsets() == {f"{topic}/0": 1000, f"{topic}/1": 10, f"{topic}/2": 0}
+        assert not source.caught_up(f"{topic}/0")
+
+        records = read(source, 750 + 7)
+        by_partition: dict[int, list[int]] = {}
+        for r in records:
+            by_partition.setdefault(r.partition, []).append(r.offset)
+        assert by_partition == {0: list(range(250, 1000)), 1: list(range(3, 10))}
+        first = next(r for r in records if r.partition == 1)
+        assert (first.topic, first.key, first.value) == (topic, b"k3", b'{"i":3}')
+        assert isinstance(first.timestamp, int) and first.timestamp > 0
+        assert read(source, 1, seconds=0.5) == []
+        assert all(source.caught_up(f"{topic}/{p}") for p in range(3))
+
+        source.seek(f"{topic}/1", 8)  # the runner rewinds to a checkpoint
+        assert [r.offset for r in read(source, 2)] == [8, 9]
+    finally:
+        source.close()
+
+
+def test_stored_offset_beyond_the_end_is_reported_and_reset(broker, topic_factory, capfd):
+    topic = topic_factory(2)
+    produce(broker, topic, 0, 5)
+    earliest = make_source(broker, [topic])
+    try:
+        positions = earliest.open({f"{topic}/0": 2, f"{topic}/1": 500})
+    finally:
+        earliest.close()
+    assert positions == {f"{topic}/0": 2, f"{topic}/1": 0}
+    err = capfd.readouterr().err
+    assert (f"WARNING: stored offset 500 of {topic}/1 is beyond its end 0 (was the broker restarted empty?): "
+            f"starting from earliest per auto_offset_reset") in err
+    assert f"{topic}/0" not in err
+
+    latest = make_source(broker, [topic], auto_offset_reset="latest")
+    try:
+        assert latest.open({f"{topic}/0": 99}) == {f"{topic}/0": 5, f"{topic}/1": 0}
+        assert "starting from latest" in capfd.readouterr().err
+        assert read(latest, 1, seconds=0.5) == []
+    finally:
+        latest.close()
+
+
+def test_missing_topic_is_named(broker, topic_factory):
+    topic = topic_factory(1)
+    source = make_source(broker, [topic, "no-such-topic"])
+    with pytest.raises(RunnerError, match="topic 'no-such-topic' does not exist"):
+        source.open({})
+
+
+def test_no_broker_fails_within_10_seconds_naming_the_address():
+    address = f"127.0.0.1:{embedded.free_port()}"
+    source = make_source(address, ["clickstream-events"])
+    started = time.monotonic()
+    with pytest.raises(RunnerError) as caught:
+        source.open({})
+    assert time.monotonic() - started < 12
+    assert f"no Kafka broker at {address} within 10 s" in str(caught.value)
+    assert "runner broker" in str(caught.value)
+
+
+def test_lost_broker_is_reported_and_reading_resumes_when_it_returns(monkeypatch, capfd):
+    monkeypatch.setattr(source_module, "STATUS_EVERY_S", 0.3)
+    port = embedded.free_port()
+    servers, topic = f"127.0.0.1:{port}", "events"
+    proc = embedded.start_broker(port, {topic: 1})
+    source = make_source(servers, [topic])
+    try:
+        produce(servers, topic, 0, 5)
+        source.open({})
+        assert len(read(source, 5)) == 5
+
+        embedded.stop_broker(proc)
+        started, polled = time.monotonic(), []
+        while time.monotonic() - started < 1.5:
+            polled.extend(source.poll(0.1))  # must not raise
+        assert polled == []
+        assert f"[KAFKA] broker {servers} unreachable; retrying..." in capfd.readouterr().err
+
+        # the in-memory broker comes back empty: position 5 is beyond its end
+        proc = embedded.start_broker(port, {topic: 1})
+        produce(servers, topic, 0, 3)
+        records = read(source, 3, seconds=15)
+        assert [r.offset for r in records] == [0, 1, 2]
+        err = capfd.readouterr().err
+        assert f"WARNING: offset 5 of {topic}/0 is beyond its end 3" in err
+    finally:
+        source.close()
+        embedded.stop_broker(proc)
