@@ -1,0 +1,139 @@
+"""The command line as users meet it: exit codes and the messages that say what to do."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.cli import main
+from runner.testing import Driver
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENT = {"event_id": "e1", "user_id": "u1", "page_url": "/home", "timestamp": "2026-11-24T08:00:00Z"}
+
+
+def write(tmp_path, text, name="p.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+BASE = """name: p
+source: {type: file, path: events.jsonl}
+dlq: {type: jsonl, path: dlq.jsonl}
+state: {path: state}
+event_time: {grace: 0s}
+stages:
+  - type: validate
+  - type: tumbling_window
+    name: per_5m
+    size: 5m
+    aggregations: {events: count}
+sinks:
+  - type: jsonl
+    path: results.jsonl
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "events.jsonl").write_text(json.dumps(EVENT) + "\n")
+    return tmp_path
+
+
+def test_bad_pipeline_exits_2_naming_file_line_path_and_the_fix(workdir, capsys):
+    path = write(workdir, BASE.replace("size: 5m", "size: five").replace("type: validate", "type: validat"))
+    assert main(["validate", path]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert any(":7: stages[0].type: unknown stage type \"validat\"" in line and "validate" in line for line in err), err
+    assert any(":10: stages[1].size: expected a duration like 5m, got \"five\"" in line for line in err), err
+    assert main(["run", path]) == 2
+
+
+def test_hopping_advance_must_divide_size(workdir, capsys):
+    path = write(workdir, BASE.replace("type: tumbling_window", "type: hopping_window")
+                 .replace("size: 5m", "size: 5m\n    advance: 2m"))
+    assert main(["validate", path]) == 2
+    assert "stages[1].advance: advance (2m) must divide size (5m) evenly" in capsys.readouterr().err
+
+
+def test_unknown_set_path_exits_2(workdir, capsys):
+    path = write(workdir, BASE)
+    assert main(["run", path, "--set", "stages.nope.gap=5m"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_set_retunes_a_window_by_stage_name(workdir, capsys):
+    path = write(workdir, BASE)
+    assert main(["validate", path, "--set", "stages.per_5m.size=10m", "--set", "checkpoint.every_events=500"]) == 0
+
+
+def test_state_dump_of_a_pipeline_that_never_ran(workdir, capsys):
+    assert main(["state", "dump", write(workdir, BASE)]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "checkpoint": 0, "offsets": {}, "event_time": {}, "watermark": None, "stages": {}}
+
+
+def test_state_dump_of_a_memory_pipeline_exits_2(workdir, capsys):
+    path = write(workdir, BASE.replace("state: {path: state}", "state: {backend: memory}"))
+    assert main(["state", "dump", path]) == 2
+    assert "nothing is persisted" in capsys.readouterr().err
+
+
+def test_state_reset_without_terminal_or_yes_deletes_nothing(workdir):
+    path = write(workdir, BASE)
+    assert main(["run", path, "--until-end"]) == 0
+    proc = subprocess.run([sys.executable, "-m", "runner.cli", "state", "reset", path], cwd=workdir,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert proc.returncode == 2 and "--yes" in proc.stderr
+    assert (workdir / "state").exists()
+    assert main(["state", "reset", path, "--yes"]) == 0
+    assert not (workdir / "state").exists()
+
+
+def test_a_changed_window_definition_is_refused(workdir, capsys):
+    path = write(workdir, BASE)
+    assert main(["run", path, "--until-end"]) == 0
+    assert main(["run", path, "--until-end", "--set", "stages.per_5m.size=10m"]) == 1
+    err = capsys.readouterr().err
+    assert "per_5m" in err and "size_ms: 300000 -> 600000" in err and "state reset" in err
+
+
+def test_a_state_made_by_another_pipeline_is_refused(workdir, capsys):
+    path = write(workdir, BASE)
+    assert main(["run", path, "--until-end"]) == 0
+    other = write(workdir, BASE.replace("name: p", "name: other"), "other.yaml")
+    assert main(["run", other, "--until-end"]) == 1
+    assert "belongs to pipeline 'p'" in capsys.readouterr().err
+
+
+def test_a_second_runner_on_the_same_state_is_refused(workdir):
+    path = write(workdir, BASE.replace("path: events.jsonl", "path: events.jsonl, topic: events"))
+    first = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", path], cwd=workdir,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        first.stdout.readline()  # the start line: it holds the lock by now
+        second = subprocess.run([sys.executable, "-m", "runner.cli", "run", path, "--until-end"], cwd=workdir,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert "in use by another runner" in second.stderr
+    finally:
+        first.terminate()
+        assert first.wait(timeout=30) == 0  # SIGTERM is a clean stop
+
+
+def test_missing_source_file_is_a_clear_error(workdir, capsys):
+    path = write(workdir, BASE.replace("events.jsonl", "nowhere.jsonl"))
+    assert main(["run", path, "--until-end"]) == 1
+    assert "cannot read the source file nowhere.jsonl" in capsys.readouterr().err
+
+
+def test_a_state_path_that_cannot_be_made_is_a_clear_error(workdir, capsys):
+    # (tests run as root, which ignores permission bits: a file in the way fails for anyone)
+    path = write(workdir, BASE.replace("state: {path: state}", "state: {path: events.jsonl/state}"))
+    assert main(["run", path, "--until-end"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot create the state directory events.jsonl/state" in err
