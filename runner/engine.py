@@ -69,7 +69,7 @@ def check_state(store: Store, settings: dict, fingerprints: dict) -> None:
 class Runner:
     """Runs one pipeline until stopped, until the end of its input, or drained."""
 
-    def __init__(self, pipeline, until_end: bool = False, drain: bool = False, log=print):
+    def __init__(self, pipeline, until_end: bool = False, drain: bool = False, log=print, observer=None):
         self.pipeline = pipeline
         self.settings = s = pipeline.settings
         self.bounded = until_end or drain
@@ -80,6 +80,10 @@ class Runner:
         self.stop_requested = False
         self._pkeys: dict = {}
         self.processed = 0
+        # observer.on_checkpoint(number, commit_ms, record_timestamps) after every commit,
+        # observer.on_first_event() once: for benchmarks, off the hot path when None
+        self.observer = observer
+        self._timestamps: list = []
 
     # --- set up -------------------------------------------------------------------------
     def _open(self) -> None:
@@ -233,6 +237,10 @@ class Runner:
                 emit.dead_letter(r, "source", "deserialization", str(exc))
                 continue
             events.append(Event(r, data))
+        if self.observer is not None:
+            if not self.processed:
+                self.observer.on_first_event()
+            self._timestamps.extend(r.timestamp for r in records)
         self.processed += len(records)
         for i, proc in enumerate(self.processors):
             if i == self.first_windowed:
@@ -263,6 +271,9 @@ class Runner:
             meta["event_time"] = {p: None for p in self.positions}
             meta["watermark"] = -math.inf
         self.checkpoint.commit(self.emit.take(), meta)
+        if self.observer is not None:
+            self.observer.on_checkpoint(self.checkpoint.number, self.checkpoint.last_ms, self._timestamps)
+            self._timestamps = []
         self.uncommitted = 0
         self.dirty_since = None
 
