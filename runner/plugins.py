@@ -21,6 +21,7 @@ BUILTINS = (
     "plugins.sinks.console",
     "plugins.sinks.jsonl",
     "plugins.sinks.kafka",
+    "plugins.sinks.postgres",
     "plugins.commands",
 )
 
