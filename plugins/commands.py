@@ -5,7 +5,8 @@ from runner import hookimpl
 
 @hookimpl
 def runner_register_commands(subparsers):
-    from plugins import broker, clickstream
+    from plugins import bench, broker, clickstream
 
     broker.add_command(subparsers)
     clickstream.add_command(subparsers)
+    bench.add_command(subparsers)

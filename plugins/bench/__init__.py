@@ -1,0 +1,144 @@
+"""``runner bench``: how fast the pipelines are, measured against the Kafka client's own ceiling.
+
+Phases, each with progress lines on stderr:
+
+1. fill a new topic (``--partitions``) with ``--events`` generated clicks keyed by user, 3% bad;
+2. the ceiling: kafka-python reading that backlog and doing nothing with it;
+3. each pipeline in-process to the end of the backlog: throughput (and its ratio to the
+   ceiling), time to first event, checkpoint commit times, peak RSS, LMDB size per open item;
+4. latency: first kafka-python alone (the floor), then the fault-tolerant pipeline unbounded,
+   while a producer process offers ``--rate`` events/s;
+5. recovery: a new process starting over a state of ``--recovery-keys`` keys.
+
+Then a table on stdout, each figure beside its target, and with ``--json`` every figure in a
+file. The embedded broker (or the topics made on ``--bootstrap``) and the temporary files go
+away at the end, on Ctrl+C and on SIGTERM too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import tempfile
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_PIPELINES = ("pipelines/basic.yaml", "pipelines/fault_tolerant.yaml")
+LATENCY_PIPELINE = "fault_tolerant"
+FLOOR_SECONDS = 10.0  # the latency floor is measured for at most this long
+FULL = {"events": 200_000, "rate": 5000.0, "latency_seconds": 30.0, "recovery_keys": 1_000_000}
+QUICK = {"events": 5000, "rate": 1000.0, "latency_seconds": 3.0, "recovery_keys": 20_000}
+
+
+def add_command(subparsers) -> None:
+    """Add ``runner bench`` to the runner's sub-commands."""
+    p = subparsers.add_parser(
+        "bench", help="benchmark pipelines: throughput, checkpoint cost, latency, recovery",
+        description="Run pipelines against generated clicks on the embedded broker (or --bootstrap) and "
+                    "report throughput against the Kafka client's ceiling, checkpoint cost, memory, state size, "
+                    "latency at a steady rate and recovery time, each beside its target.")
+    p.add_argument("pipelines", nargs="*", metavar="PIPELINE.yaml",
+                   help=f"pipelines with a kafka source (default: {' '.join(DEFAULT_PIPELINES)})")
+    p.add_argument("--events", type=_positive(int), metavar="N",
+                   help=f"backlog size (default {FULL['events']}; --quick {QUICK['events']})")
+    p.add_argument("--partitions", type=_positive(int), default=3, help="partitions of the topics (default 3)")
+    p.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
+    p.add_argument("--bootstrap", metavar="HOST:PORT", help="use this Kafka instead of the embedded broker")
+    p.add_argument("--rate", type=_positive(float), metavar="N",
+                   help=f"latency phase: events/s offered (default {FULL['rate']:g}; --quick {QUICK['rate']:g})")
+    p.add_argument("--latency-seconds", type=_positive(float), metavar="S",
+                   help=f"latency phase: how long (default {FULL['latency_seconds']:g}; --quick {QUICK['latency_seconds']:g})")
+    p.add_argument("--recovery-keys", type=_positive(int), metavar="N",
+                   help=f"recovery phase: keys in the state (default {FULL['recovery_keys']}; "
+                        f"--quick {QUICK['recovery_keys']})")
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    p.set_defaults(func=run)
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+        return value
+    return parse
+
+
+def settings(args: argparse.Namespace) -> dict:
+    """The bench's sizes: what was given, else the --quick or full defaults."""
+    defaults = QUICK if args.quick else FULL
+    chosen = {key: getattr(args, key) if getattr(args, key) is not None else value for key, value in defaults.items()}
+    paths = args.pipelines or [p if Path(p).exists() else str(ROOT / p) for p in DEFAULT_PIPELINES]
+    return {**chosen, "partitions": args.partitions, "pipelines": paths, "quick": args.quick,
+            "bootstrap": args.bootstrap}
+
+
+def run(args: argparse.Namespace) -> int:
+    from plugins.bench import report
+    from plugins.bench.common import say
+
+    config = settings(args)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with contextlib.ExitStack() as cleanup:
+            results = measure(config, cleanup)
+    except KeyboardInterrupt:
+        say("interrupted: broker stopped, temporary files removed")
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    print(report.table(results), flush=True)
+    if args.json:
+        report.write_json(args.json, results)
+        say(f"figures written to {args.json}")
+    return 0
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def measure(config: dict, cleanup: contextlib.ExitStack) -> dict:
+    """Every phase; whatever it starts or makes is undone by ``cleanup``."""
+    from plugins.bench import kafka, pipelines, recovery, report
+    from plugins.bench.common import say
+
+    workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="runner-bench-")))
+    say(f"temporary files in {workdir}")
+    cluster = kafka.Cluster(config["bootstrap"])
+    cleanup.callback(cluster.close)
+    settings_used = {k: v for k, v in config.items() if k != "bootstrap"}
+    settings_used["broker"] = config["bootstrap"] or "embedded"
+    results = {"machine": report.machine(), "config": settings_used}
+
+    topic = cluster.topic("clicks", config["partitions"])
+    prepared = [pipelines.prepare(path, workdir, cluster, topic, f"p{i}")  # a bad file fails here, early
+                for i, path in enumerate(config["pipelines"])]
+    results["fill"] = kafka.fill(cluster.bootstrap, topic, config["events"])
+    say("ceiling: kafka-python reading the backlog")
+    results["ceiling"] = ceiling = kafka.ceiling(cluster.bootstrap, topic, config["partitions"])
+    say(f"ceiling: {ceiling['events_per_s']:,.0f} events/s")
+    results["pipelines"] = [pipelines.throughput(p, config["events"], ceiling["events_per_s"]) for p in prepared]
+
+    names = [p.name for p in prepared]
+    latency_path = (config["pipelines"][names.index(LATENCY_PIPELINE)] if LATENCY_PIPELINE in names
+                    else str(ROOT / "pipelines" / f"{LATENCY_PIPELINE}.yaml"))
+    rate, seconds = config["rate"], config["latency_seconds"]
+    say(f"latency floor: kafka-python alone at {rate:g} events/s for {min(seconds, FLOOR_SECONDS):g} s")
+    floor = cluster.topic("floor", config["partitions"])
+    results["latency_floor"] = kafka.latency_floor(cluster.bootstrap, floor, config["partitions"], rate,
+                                                   min(seconds, FLOOR_SECONDS))
+    live = cluster.topic("live", config["partitions"])
+    pipeline = pipelines.prepare(latency_path, workdir, cluster, live, "latency")
+    results["latency"] = pipelines.latency(pipeline, cluster, live, rate, seconds)
+
+    results["recovery"] = recovery.recovery(workdir, config["recovery_keys"])
+    return results

@@ -1,0 +1,93 @@
+"""What the phases of ``runner bench`` share: progress lines, statistics, peak RSS, observers."""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+
+
+def say(message: str) -> None:
+    """A progress line on stderr."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+class QuietLog:
+    """The ``log`` of a benchmarked Runner: keeps its lines (shown if something fails) and
+    calls ``on_first`` at the first one, which the runner writes once it has opened."""
+
+    def __init__(self, on_first=None):
+        self.lines: list[str] = []
+        self.on_first = on_first
+
+    def __call__(self, *args, **kwargs) -> None:
+        self.lines.append(" ".join(str(a) for a in args))
+        del self.lines[:-50]
+        if self.on_first is not None:
+            on_first, self.on_first = self.on_first, None
+            on_first()
+
+
+class Observer:
+    """Runner observer: when the first event was processed, and every checkpoint's commit time."""
+
+    def __init__(self):
+        self.first_event: float | None = None  # time.perf_counter()
+        self.commit_ms: list[float] = []
+        self.records = 0
+
+    def on_first_event(self) -> None:
+        self.first_event = time.perf_counter()
+
+    def on_checkpoint(self, number: int, commit_ms: float, record_timestamps: list) -> None:
+        self.commit_ms.append(commit_ms)
+        self.records += len(record_timestamps)
+
+
+class LatencyObserver(Observer):
+    """Also: per record, the wall time of its checkpoint minus the record's timestamp (ms)."""
+
+    def __init__(self):
+        super().__init__()
+        self.latencies: list[float] = []
+
+    def on_checkpoint(self, number: int, commit_ms: float, record_timestamps: list) -> None:
+        now_ms = time.time() * 1000
+        super().on_checkpoint(number, commit_ms, record_timestamps)
+        self.latencies.extend(now_ms - ts for ts in record_timestamps if ts is not None)
+
+
+def percentile(values, p: float) -> float | None:
+    """The nearest-rank ``p``-th percentile (0 < p <= 100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def summary_ms(values) -> dict:
+    """median, p99 and max of a list of milliseconds (None each when empty)."""
+    return {"count": len(values), "median": percentile(values, 50), "p99": percentile(values, 99),
+            "max": max(values) if values else None}
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (Linux: ``/proc/self/clear_refs``), so that ``peak_rss_mib``
+    measures from here on; False where it cannot (then it is the process's peak so far)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float:
+    """``ru_maxrss`` of this process in MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl+C or SIGTERM while a phase ran (the runner stops cleanly on them and returns)."""

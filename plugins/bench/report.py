@@ -1,0 +1,124 @@
+"""The figures of ``runner bench`` beside their targets, the machine they were measured on,
+and the JSON file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib import metadata
+
+PACKAGES = ("kafka-python", "lmdb", "orjson", "fastjsonschema")
+RATIO_TARGETS = {"fault_tolerant": 0.5, "basic": 0.7}  # throughput / ceiling, by pipeline name
+CHECKPOINT_MEDIAN_MS = 1.0
+LATENCY_P99_MS = 30.0
+LATENCY_RATE = 5000
+RECOVERY_S = 1.0
+
+
+def machine() -> dict:
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = None
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"cores": os.cpu_count(), "memory_bytes": memory, "python": platform.python_version(),
+            "platform": platform.platform(), "packages": versions}
+
+
+def targets(results: dict) -> list[dict]:
+    """Each figure with a target: {figure, value, target, met}."""
+    rows = []
+    for p in results["pipelines"]:
+        goal = RATIO_TARGETS.get(p["name"])
+        if goal is not None:
+            rows.append({"figure": f"{p['name']}.ratio_to_ceiling", "value": p["ratio_to_ceiling"],
+                         "target": f">= {goal}x", "met": p["ratio_to_ceiling"] >= goal})
+        median = p["checkpoint_ms"]["median"]
+        rows.append({"figure": f"{p['name']}.checkpoint_ms.median", "value": median,
+                     "target": f"< {CHECKPOINT_MEDIAN_MS:g} ms", "met": median is not None and median < CHECKPOINT_MEDIAN_MS})
+    lat = results.get("latency")
+    if lat:
+        rows.append({"figure": "latency.p99_ms", "value": lat["p99_ms"],
+                     "target": f"< {LATENCY_P99_MS:g} ms at {LATENCY_RATE}/s",
+                     "met": lat["p99_ms"] is not None and lat["p99_ms"] < LATENCY_P99_MS if lat["rate"] == LATENCY_RATE else None})
+    rec = results.get("recovery")
+    if rec:
+        rows.append({"figure": "recovery.first_event_s", "value": rec["first_event_s"], "target": f"< {RECOVERY_S:g} s",
+                     "met": rec["first_event_s"] < RECOVERY_S})
+    return rows
+
+
+def table(results: dict) -> str:
+    """The figures as an aligned text table: figure, value, target, and whether it is met."""
+    goals = {row["figure"]: row for row in targets(results)}
+    rows: list[tuple] = []
+
+    def add(label, value, figure=None):
+        goal = goals.get(figure)
+        met = "" if goal is None else {True: "ok", False: "MISSED", None: "(other rate)"}[goal["met"]]
+        rows.append((label, value, goal["target"] if goal else "", met))
+
+    fill, ceiling = results["fill"], results["ceiling"]
+    add("backlog", f"{fill['events']:,} events ({fill['bad']:,} bad), {results['config']['partitions']} partitions")
+    add("ceiling: kafka-python, records untouched", f"{ceiling['events_per_s']:,.0f} events/s")
+    for p in results["pipelines"]:
+        n = p["name"]
+        add(f"{n}: throughput", f"{p['events_per_s']:,.0f} events/s = {p['ratio_to_ceiling']:.2f}x ceiling",
+            f"{n}.ratio_to_ceiling")
+        add(f"{n}: events processed, wall time", f"{p['events']:,} in {p['seconds']:.2f} s")
+        add(f"{n}: time to first event", f"{p['first_event_s'] * 1000:.0f} ms")
+        cp = p["checkpoint_ms"]
+        add(f"{n}: checkpoint median / p99 ({cp['count']})", f"{cp['median']:.3f} / {cp['p99']:.3f} ms",
+            f"{n}.checkpoint_ms.median")
+        add(f"{n}: peak RSS ({p['peak_rss_scope']})", f"{p['peak_rss_mib']:.0f} MiB")
+        st = p["state"]
+        if st["used_bytes"] is None:
+            add(f"{n}: state ({st['backend']})", f"{st['open_total']:,} open keys/windows")
+        else:
+            add(f"{n}: LMDB data.mdb / in use", f"{_mib(st['data_mdb_bytes'])} / {_mib(st['used_bytes'])}")
+            per = "n/a" if st["bytes_per_open"] is None else f"{st['bytes_per_open']:,.0f} B"
+            add(f"{n}: in use per open key/window", f"{per} ({st['open_total']:,} open)")
+    lat = results.get("latency")
+    if lat:
+        add(f"latency {lat['pipeline']} at {lat['rate']:g}/s for {lat['seconds']:g} s: p50 / p99 / max",
+            f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} / {lat['max_ms']:.1f} ms", "latency.p99_ms")
+        add("latency: records measured, rate achieved",
+            f"{lat['measured']:,} of {lat['sent']:,}, {lat['achieved_rate'] or 0:,.0f}/s")
+    low = results.get("latency_floor")
+    if low:
+        add(f"latency floor: kafka-python alone at {low['rate']:g}/s: p50 / p99 / max",
+            f"{low['p50_ms']:.1f} / {low['p99_ms']:.1f} / {low['max_ms']:.1f} ms")
+    rec = results.get("recovery")
+    if rec:
+        add(f"recovery over {rec['keys']:,} keys ({_mib(rec['state_bytes'])}): spawn to first event",
+            f"{rec['first_event_s']:.3f} s", "recovery.first_event_s")
+        add("recovery: of which interpreter / imports / load / open",
+            f"{rec['interpreter_s']:.3f} / {rec['imports_s']:.3f} / {rec['load_s']:.3f} / "
+            f"{rec['open_to_first_event_s']:.3f} s")
+        add("recovery: the same over no state", f"{rec['fresh_first_event_s']:.3f} s")
+    header = ("figure", "value", "target", "")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(3)]
+    lines = [f"{header[0]:<{widths[0]}}  {header[1]:<{widths[1]}}  {header[2]}",
+             "  ".join("-" * w for w in widths)]
+    lines += [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:<{widths[2]}}  {d}".rstrip() for a, b, c, d in rows]
+    m = results["machine"]
+    memory = "?" if m["memory_bytes"] is None else f"{m['memory_bytes'] / (1 << 30):.1f} GiB"
+    lines.append(f"machine: {m['cores']} cores, {memory}, Python {m['python']}, {m['platform']}")
+    lines.append("packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()))
+    return "\n".join(lines)
+
+
+def _mib(n: int | None) -> str:
+    return "?" if n is None else f"{n / (1 << 20):.1f} MiB"
+
+
+def write_json(path: str, results: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({**results, "targets": targets(results)}, f, indent=2)
+        f.write("\n")

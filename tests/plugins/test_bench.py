@@ -1,0 +1,123 @@
+"""`runner bench`: every figure is reported, each pipeline reads the whole backlog, and a stop
+leaves neither broker nor temporary files behind. Figures are checked for presence and sign,
+never against a time."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from plugins import broker as embedded
+from plugins.bench import QUICK
+from plugins.bench.recovery import EXTRA
+from runner.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def positive(*values):
+    for value in values:
+        assert isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0, values
+
+
+def test_quick_bench_reports_every_figure(broker, tmp_path, capsys):
+    out = tmp_path / "out.json"
+    assert main(["bench", "--quick", "--bootstrap", broker, "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    figures = json.loads(out.read_text())
+    n = QUICK["events"]
+    assert figures["config"]["events"] == n and figures["config"]["broker"] == broker
+
+    assert figures["fill"]["events"] == n
+    positive(figures["fill"]["bad"], figures["fill"]["events_per_s"])
+    ceiling = figures["ceiling"]
+    assert ceiling["events"] == ceiling["end_offsets"] == n
+    positive(ceiling["seconds"], ceiling["events_per_s"])
+
+    assert [p["name"] for p in figures["pipelines"]] == ["basic", "fault_tolerant"]
+    for p in figures["pipelines"]:
+        assert p["events"] == n, p["name"]  # exactly the backlog, no more, no less
+        cp = p["checkpoint_ms"]
+        assert cp["count"] == p["checkpoints"] >= n // 100
+        positive(p["seconds"], p["events_per_s"], p["ratio_to_ceiling"], p["first_event_s"],
+                 p["after_first_event_events_per_s"], cp["median"], cp["p99"], cp["max"], p["peak_rss_mib"],
+                 p["state"]["open_total"])
+    basic, fault_tolerant = figures["pipelines"]
+    assert basic["state"]["backend"] == "memory" and basic["state"]["used_bytes"] is None
+    state = fault_tolerant["state"]
+    assert state["backend"] == "lmdb"
+    assert set(state["open"]) == {"page_stats", "traffic_5m", "trending_10m", "sessions"}
+    positive(state["data_mdb_bytes"], state["used_bytes"], state["bytes_per_open"])
+
+    latency = figures["latency"]
+    assert latency["pipeline"] == "fault_tolerant"
+    assert latency["sent"] == latency["measured"] == int(QUICK["rate"] * QUICK["latency_seconds"])
+    positive(latency["checkpoints"], latency["achieved_rate"], latency["p50_ms"], latency["p99_ms"], latency["max_ms"])
+
+    floor = figures["latency_floor"]
+    assert floor["sent"] == floor["measured"] == int(QUICK["rate"] * QUICK["latency_seconds"])
+    positive(floor["p50_ms"], floor["p99_ms"], floor["max_ms"])
+
+    recovery = figures["recovery"]
+    assert recovery["keys"] == QUICK["recovery_keys"] and recovery["processed"] == EXTRA
+    assert "restored checkpoint" in recovery["log"]
+    positive(recovery["state_bytes"], recovery["build_s"], recovery["first_event_s"], recovery["interpreter_s"],
+             recovery["imports_s"], recovery["load_s"], recovery["open_to_first_event_s"],
+             recovery["fresh_first_event_s"])
+
+    machine = figures["machine"]
+    positive(machine["cores"], machine["memory_bytes"])
+    assert machine["python"] and all(machine["packages"].values())
+    assert {t["figure"] for t in figures["targets"]} == {
+        "basic.ratio_to_ceiling", "basic.checkpoint_ms.median", "fault_tolerant.ratio_to_ceiling",
+        "fault_tolerant.checkpoint_ms.median", "latency.p99_ms", "recovery.first_event_s"}
+
+    for label in ("ceiling", "basic: throughput", "fault_tolerant: checkpoint median", "latency floor", "recovery",
+                  "machine:", "kafka-python"):
+        assert label in table
+
+
+def test_bench_rejects_a_pipeline_without_a_kafka_source(broker, tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    path.write_text("name: p\nsource: {type: generator, count: 10}\ndlq: {type: jsonl, path: dlq.jsonl}\n"
+                    "stages: []\n")
+    assert main(["bench", str(path), "--quick", "--bootstrap", broker]) == 1
+    assert "source is 'generator', not kafka" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_the_broker_and_removes_the_temporary_files():
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "bench", "--quick", "--rate", "100",
+                             "--latency-seconds", "600"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    running = threading.Event()
+
+    def read():
+        for line in proc.stderr:
+            lines.append(line)
+            if "latency: fault_tolerant at" in line:
+                running.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert running.wait(240), "".join(lines)  # a guard against a hang, not a timing check
+        proc.send_signal(signal.SIGINT)  # while the pipeline runs, with its own SIGINT handler
+        assert proc.wait(60) == 130, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(10)
+    text = "".join(lines)
+    port = int(re.search(r"embedded broker on 127\.0\.0\.1:(\d+)", text).group(1))
+    workdir = re.search(r"temporary files in (\S+)", text).group(1)
+    assert "interrupted" in text
+    assert not os.path.exists(workdir)
+    assert embedded.port_free(port)
