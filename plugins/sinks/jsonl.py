@@ -54,8 +54,9 @@ class JsonlSink(Sink):
         self.file.flush()
 
     def flush(self):
-        os.fsync(self.file.fileno())
-        self.committed = self.file.tell()
+        if self.file.tell() != self.committed:
+            os.fsync(self.file.fileno())
+            self.committed = self.file.tell()
         return self.committed
 
     def close(self):

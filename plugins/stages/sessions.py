@@ -20,6 +20,10 @@ from runner.times import duration_ms, format_ms
 from plugins.stages.windows import LATE, WindowProcessor, WindowStage, window_properties
 
 
+def entry_key(kt: str) -> bytes:
+    return kt.encode()
+
+
 class Session(WindowStage):
     type = "session_window"
     config_schema = obj(window_properties({
@@ -87,18 +91,28 @@ class SessionProcessor(WindowProcessor):
             if entry is None:
                 entry = self.entries[kt] = [key, []]
             sessions = entry[1]
+            order = ev.order() if aggs.needs_order else None
             touching = [s for s in sessions if s[0] - gap <= t <= s[1] + gap]
-            accs = aggs.new()
-            aggs.add(accs, values, ev.order() if aggs.needs_order else None)
-            start, last = t, t
-            for s in touching:
-                sessions.remove(s)
-                start, last = min(start, s[0]), max(last, s[1])
-                accs = aggs.merge(s[2], accs)
-            sessions.append([start, last, accs])
-            sessions.sort(key=lambda s: s[0])
-            heapq.heappush(self.due, (last + gap, kt, start))
-            self.table.put(kt.encode(), entry)
+            if len(touching) == 1:  # the common case: extend one session in place
+                session = touching[0]
+                aggs.add(session[2], values, order)
+                if t < session[0]:
+                    session[0] = t
+                elif t > session[1]:
+                    session[1] = t
+                    heapq.heappush(self.due, (t + gap, kt, session[0]))
+            else:  # a new session, or one that bridges (merges) several
+                accs = aggs.new()
+                aggs.add(accs, values, order)
+                start, last = t, t
+                for s in touching:
+                    sessions.remove(s)
+                    start, last = min(start, s[0]), max(last, s[1])
+                    accs = aggs.merge(s[2], accs)
+                sessions.append([start, last, accs])
+                sessions.sort(key=lambda s: s[0])
+                heapq.heappush(self.due, (last + gap, kt, start))
+            self.table.put(entry_key(kt), entry)
             passed.append(ev)
         return passed
 
@@ -110,16 +124,16 @@ class SessionProcessor(WindowProcessor):
             if entry is None:
                 continue
             sessions = entry[1]
-            match = next((s for s in sessions if s[0] == start and s[1] + gap == end_due), None)
+            match = next((s for s in sessions if s[1] + gap == end_due), None)
             if match is None:
                 continue  # merged or extended since this heap entry was pushed
             sessions.remove(match)
             self.emit_result(entry[0], match[0], match[1], match[2])
             if sessions:
-                self.table.put(kt.encode(), entry)
+                self.table.put(entry_key(kt), entry)
             else:
                 del self.entries[kt]
-                self.table.delete(kt.encode())
+                self.table.delete(entry_key(kt))
 
 
 @hookimpl

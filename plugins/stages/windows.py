@@ -75,6 +75,8 @@ class WindowProcessor(Processor):
 
     def key_of(self, data):
         key = data.get(self.stage.key_by) if self.stage.key_by else None
+        if key is None:
+            return None, "null"
         if key.__class__ is str:
             text = self.key_texts.get(key)
             if text is None:
@@ -122,27 +124,31 @@ class TimeWindow(WindowStage):
 
 
 class TimeWindowProcessor(WindowProcessor):
+    """Open windows by (start, key text): [key, start, accumulators], with their table key."""
+
     def __init__(self, stage: TimeWindow, table, emit):
         super().__init__(stage, table, emit)
-        self.windows: dict[tuple[int, str], list] = {}
+        self.windows: dict[tuple[int, str], tuple[list, bytes]] = {}
         self.due: list[tuple[int, int, str]] = []  # (end, start, key text): a heap
         for key, value in table.items():
             if key != LATE:
                 k, start, _ = value
                 kt = compact(k)
-                self.windows[(start, kt)] = value
+                self.windows[(start, kt)] = (value, key)
                 self.due.append((start + stage.size, start, kt))
         heapq.heapify(self.due)
 
     def process(self, events):
-        stage, aggs, windows, table = self.stage, self.stage.aggregations, self.windows, self.table
+        stage, aggs, windows, dirty = self.stage, self.stage.aggregations, self.windows, self.table.dirty
         size, advance = stage.size, stage.advance
         passed = []
         for ev in events:
             t, wp = ev.time, ev.wp
-            # the windows holding t that are not late for its partition (end > W_p)
             first = t - t % advance
-            starts = [s for s in range(first, t - size, -advance) if s >= 0 and s + size > wp]
+            if advance == size:  # tumbling: one window
+                starts = (first,) if first + size > wp else ()
+            else:  # the windows holding t that are not late for its partition (end > W_p)
+                starts = [s for s in range(first, t - size, -advance) if s >= 0 and s + size > wp]
             if not starts:
                 self.late_event(ev)
                 passed.append(ev)
@@ -155,12 +161,13 @@ class TimeWindowProcessor(WindowProcessor):
                 continue
             order = ev.order() if aggs.needs_order else None
             for s in starts:
-                window = windows.get((s, kt))
-                if window is None:
-                    window = windows[(s, kt)] = [key, s, aggs.new()]
+                found = windows.get((s, kt))
+                if found is None:
+                    found = windows[(s, kt)] = ([key, s, aggs.new()], s.to_bytes(8, "big") + kt.encode())
                     heapq.heappush(self.due, (s + size, s, kt))
+                window, table_key = found
                 aggs.add(window[2], values, order)
-                table.put(s.to_bytes(8, "big") + kt.encode(), window)
+                dirty[table_key] = window  # Table.put, inlined on the hot path
             passed.append(ev)
         return passed
 
@@ -168,9 +175,9 @@ class TimeWindowProcessor(WindowProcessor):
         due, windows = self.due, self.windows
         while due and due[0][0] <= watermark:
             end, start, kt = heapq.heappop(due)
-            key, _, accs = windows.pop((start, kt))
+            (key, _, accs), table_key = windows.pop((start, kt))
             self.emit_result(key, start, end, accs)
-            self.table.delete(start.to_bytes(8, "big") + kt.encode())
+            self.table.delete(table_key)
 
 
 class Tumbling(TimeWindow):
