@@ -43,7 +43,7 @@ _PRODUCER = {
     "linger_ms": 5,
     "max_block_ms": CONNECT_TIMEOUT_S * 1000,
     "request_timeout_ms": 10000,
-    "delivery_timeout_ms": 30000,
+    "delivery_timeout_ms": 15000,  # every send is acknowledged or failed by then
 }
 
 

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
-# pytest puts tests/ on sys.path, where tests/runner and tests/plugins would pass for the
-# namespace packages `runner` and `plugins`; the project root first keeps the real ones.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from plugins import broker as embedded  # noqa: E402
+from plugins import broker as embedded
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from runner.components import RunnerError, Sink
 from runner.schema import obj
 
 HEADER = "runner-id"
-FLUSH_S = 20.0  # longer than the producer's delivery_timeout_ms: no send is left in flight
+FLUSH_MARGIN_S = 5.0  # a flush waits delivery_timeout_ms + this: no send is left in flight
 STALL_S = 10.0  # a read-back that makes no progress for this long fails (and is retried)
 
 
@@ -100,7 +100,7 @@ class KafkaSink(Sink):
             if failure is not None:
                 raise failure
             if self.pending:
-                self.producer.flush(timeout=FLUSH_S)
+                self.producer.flush(timeout=self._flush_s())
                 for future in self.pending:
                     meta = future.get(timeout=0)  # raises the send's own error
                     self.sent[meta.partition] = max(self.sent.get(meta.partition, 0), meta.offset + 1)
@@ -147,7 +147,10 @@ class KafkaSink(Sink):
         self.needs_read = True
         self.candidate = None
         self.pending, self.sent, self.checked, self.seen = [], {}, {}, set()
-        self._drop_producer(wait=FLUSH_S)  # a fresh one later: nothing of this one lands after the read-back
+        self._drop_producer(wait=self._flush_s())  # a fresh one later: nothing of this one lands after the read-back
+
+    def _flush_s(self) -> float:
+        return self.producer.config["delivery_timeout_ms"] / 1000 + FLUSH_MARGIN_S if self.producer else 0.0
 
     def _drop_producer(self, wait: float) -> None:
         """Let sends in flight finish (at most ``wait`` s), then close the producer."""
