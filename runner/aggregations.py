@@ -8,6 +8,7 @@ the state dump. Accumulators are plain picklable values.
 from __future__ import annotations
 
 import json
+import struct
 from bisect import insort
 from typing import Any
 
@@ -55,9 +56,6 @@ def _text(canonical) -> str:
     if canonical.__class__ is str:
         return canonical
     return json.dumps(canonical[1])
-
-
-_TOP_RANK = {"num": 0, "bool": 2}
 
 
 def _top_order(canonical, count):
@@ -184,7 +182,14 @@ class Top(CountBy):
         return [[_plain(value), count] for value, count in ranked[: self.spec["n"]]]
 
 
+_ORDER = struct.Struct(">qHiq")  # event time, topic index, partition, offset
+
+
 class Collect(Aggregation):
+    """Values in event order. The accumulator is [orders, topics, values]: the orders packed
+    into one bytearray (topics by index) because accumulators are pickled at every
+    checkpoint, and a long list of order tuples would make that cost grow with its length."""
+
     needs_order = True
 
     def extract(self, data):
@@ -192,25 +197,54 @@ class Collect(Aggregation):
         return SKIP if value is None else value
 
     def new(self):
-        return []
+        return [bytearray(), [], []]
 
     def add(self, acc, value, order):
-        if not acc or acc[-1][0] < order:
-            acc.append((order, value))
-        else:
-            insort(acc, (order, value), key=lambda item: item[0])
+        blob, topics, values = acc
+        time, topic, partition, offset = order
+        try:
+            index = topics.index(topic)
+        except ValueError:
+            topics.append(topic)
+            index = len(topics) - 1
         limit = self.spec.get("limit")
-        if limit is not None and len(acc) > limit:
-            del acc[limit:]
-        return acc
+        if not values or _decode(topics, blob, len(values) - 1) < order:
+            if limit is None or len(values) < limit:
+                blob += _ORDER.pack(time, index, partition, offset)
+                values.append(value)
+            return acc
+        pairs = self._pairs(acc)
+        insort(pairs, (order, value), key=lambda item: item[0])
+        return self._pack(pairs[:limit] if limit else pairs)
+
+    @staticmethod
+    def _pairs(acc) -> list:
+        blob, topics, values = acc
+        orders = [(t, topics[i], p, o) for t, i, p, o in _ORDER.iter_unpack(blob)]
+        return list(zip(orders, values))
+
+    @staticmethod
+    def _pack(pairs) -> list:
+        blob, topics, values = bytearray(), [], []
+        for (time, topic, partition, offset), value in pairs:
+            if topic not in topics:
+                topics.append(topic)
+            blob += _ORDER.pack(time, topics.index(topic), partition, offset)
+            values.append(value)
+        return [blob, topics, values]
 
     def merge(self, a, b):
-        merged = sorted(a + b, key=lambda item: item[0])
+        merged = sorted(self._pairs(a) + self._pairs(b), key=lambda item: item[0])
         limit = self.spec.get("limit")
-        return merged if limit is None else merged[:limit]
+        return self._pack(merged if limit is None else merged[:limit])
 
     def result(self, acc):
-        return [value for _, value in acc]
+        return list(acc[2])
+
+
+def _decode(topics, blob, i) -> tuple:
+    t, index, p, o = _ORDER.unpack_from(blob, i * _ORDER.size)
+    return (t, topics[index], p, o)
 
 
 class First(Collect):

@@ -85,9 +85,10 @@ class _CrashingRunner(Runner):
     crash_after: int | None = None
 
     def _process(self, records):
-        if self.crash_after is not None:
-            if self.crash_after <= 0:
-                raise Crash()
-            records = records[: self.crash_after]
-            self.crash_after -= len(records)
+        if self.crash_after is None:
+            return super()._process(records)
+        records = records[: self.crash_after]
+        self.crash_after -= len(records)
         super()._process(records)
+        if self.crash_after <= 0:
+            raise Crash()
