@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from runner import hookimpl
 from runner.components import RunnerError, Sink
@@ -27,6 +28,8 @@ class JsonlSink(Sink):
         self.path = config["path"]
         self.file = None
         self.committed = 0
+        self.syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"jsonl-{self.name}")
+        self.syncing = None
 
     def open(self, state):
         directory = os.path.dirname(self.path)
@@ -46,20 +49,27 @@ class JsonlSink(Sink):
 
     def recover(self):
         """Cut the file back to its committed length: what follows is in the outbox again."""
+        if self.syncing is not None:
+            self.syncing.exception()  # wait; a failed sync is why we are here
+            self.syncing = None
         self.file.truncate(self.committed)
         self.file.seek(self.committed)
 
     def deliver(self, outputs):
         self.file.write(b"".join(out.value + b"\n" for out in outputs))
         self.file.flush()
+        # sync in the background while the next batch is processed; flush waits for it
+        self.syncing = self.syncer.submit(os.fdatasync, self.file.fileno())
 
     def flush(self):
-        if self.file.tell() != self.committed:
-            os.fsync(self.file.fileno())
-            self.committed = self.file.tell()
+        if self.syncing is not None:
+            self.syncing.result()
+            self.syncing = None
+        self.committed = self.file.tell()
         return self.committed
 
     def close(self):
+        self.syncer.shutdown()
         if self.file:
             self.file.close()
 
