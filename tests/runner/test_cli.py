@@ -137,3 +137,21 @@ def test_a_state_path_that_cannot_be_made_is_a_clear_error(workdir, capsys):
     assert main(["run", path, "--until-end"]) == 1
     err = capsys.readouterr().err
     assert "cannot create the state directory events.jsonl/state" in err
+
+
+@pytest.mark.parametrize("change, message", [
+    ("size: 5m", "size: 0s"),
+    ("size: 5m", "size: -5m"),
+])
+def test_zero_or_negative_window_sizes_are_refused_with_the_line(workdir, capsys, change, message):
+    path = write(workdir, BASE.replace(change, message))
+    assert main(["validate", path]) == 2
+    err = capsys.readouterr().err
+    assert ":10: stages[1].size:" in err, err
+
+
+def test_a_session_stage_without_key_by_is_refused_with_the_line(workdir, capsys):
+    path = write(workdir, BASE.replace("type: tumbling_window", "type: session_window").replace("size: 5m", "gap: 10m"))
+    assert main(["validate", path]) == 2
+    err = capsys.readouterr().err
+    assert ":8: stages[1]: missing required key \"key_by\"" in err, err
