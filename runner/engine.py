@@ -293,10 +293,10 @@ class Runner:
 
     def _abort(self) -> None:
         """Leave without a checkpoint, as a crash would: the last checkpoint stands."""
-        for closer in (self.source.close, self.store.close):
+        for part in ("source", "store"):
             try:
-                closer()
-            except Exception:
+                getattr(self, part).close()
+            except Exception:  # it may not exist yet, or be what failed
                 pass
 
     def _close(self) -> None:
