@@ -18,11 +18,7 @@ RESERVED = frozenset({"id", "stage", "key", "window_start", "window_end", "durat
 SKIP = object()  # an absent or null value: skipped by every aggregation but count
 
 
-def _number(field: str, value):
-    if value is None:
-        return SKIP
-    if value.__class__ is int or value.__class__ is float:
-        return value
+def _not_a_number(field: str, value):
     raise ProcessingError(f"wrong type for field {field}: expected number, got {_kind(value)}")
 
 
@@ -67,13 +63,18 @@ def _top_order(canonical, count):
 
 
 class Aggregation:
+    """One named aggregation. ``EXTRACT`` and ``ADD`` are the source lines ``Aggregations``
+    compiles into one function per stage ({v}: the value's variable, {f}: the field, {i}: the
+    accumulator's index), so the per-event path makes no call per aggregation."""
+
     needs_order = False
+    EXTRACT = ("{v} = get({f})\n"
+               "if {v} is None: {v} = SKIP\n"
+               "elif {v}.__class__ is not int and {v}.__class__ is not float: {v} = number({f}, {v})")
+    ADD = "if {v} is not SKIP: accs[{i}] = add_{i}(accs[{i}], {v}, order)"
 
     def __init__(self, name: str, field: str | None, spec: dict | str):
         self.name, self.field, self.spec = name, field, spec
-
-    def extract(self, data: dict):
-        return _number(self.field, data.get(self.field))
 
     def new(self):
         raise NotImplementedError
@@ -83,36 +84,31 @@ class Aggregation:
 
 
 class Count(Aggregation):
-    def extract(self, data):
-        return 1
+    EXTRACT = "{v} = 1"
+    ADD = "accs[{i}] += 1"
 
     def new(self):
         return 0
-
-    def add(self, acc, value, order):
-        return acc + 1
 
     def merge(self, a, b):
         return a + b
 
 
 class Sum(Aggregation):
+    ADD = "if {v} is not SKIP: accs[{i}] += {v}"
+
     def new(self):
         return 0
-
-    def add(self, acc, value, order):
-        return acc + value
 
     def merge(self, a, b):
         return a + b
 
 
 class Avg(Aggregation):
+    ADD = "if {v} is not SKIP: a = accs[{i}]; accs[{i}] = (a[0] + {v}, a[1] + 1)"
+
     def new(self):
         return (0, 0)
-
-    def add(self, acc, value, order):
-        return (acc[0] + value, acc[1] + 1)
 
     def merge(self, a, b):
         return (a[0] + b[0], a[1] + b[1])
@@ -122,34 +118,30 @@ class Avg(Aggregation):
 
 
 class Min(Aggregation):
+    ADD = "if {v} is not SKIP and (accs[{i}] is None or {v} < accs[{i}]): accs[{i}] = {v}"
+
     def new(self):
         return None
-
-    def add(self, acc, value, order):
-        return value if acc is None or value < acc else acc
 
     def merge(self, a, b):
         return b if a is None else a if b is None else min(a, b)
 
 
 class Max(Min):
-    def add(self, acc, value, order):
-        return value if acc is None or value > acc else acc
+    ADD = "if {v} is not SKIP and (accs[{i}] is None or {v} > accs[{i}]): accs[{i}] = {v}"
 
     def merge(self, a, b):
         return b if a is None else a if b is None else max(a, b)
 
 
 class CountDistinct(Aggregation):
-    def extract(self, data):
-        return _scalar(self.field, data.get(self.field))
+    EXTRACT = ("{v} = get({f})\n"
+               "if {v} is None: {v} = SKIP\n"
+               "elif {v}.__class__ is not str: {v} = scalar({f}, {v})")
+    ADD = "if {v} is not SKIP: accs[{i}].add({v})"
 
     def new(self):
         return set()
-
-    def add(self, acc, value, order):
-        acc.add(value)
-        return acc
 
     def merge(self, a, b):
         return a | b
@@ -159,12 +151,10 @@ class CountDistinct(Aggregation):
 
 
 class CountBy(CountDistinct):
+    ADD = "if {v} is not SKIP: d = accs[{i}]; d[{v}] = d.get({v}, 0) + 1"
+
     def new(self):
         return {}
-
-    def add(self, acc, value, order):
-        acc[value] = acc.get(value, 0) + 1
-        return acc
 
     def merge(self, a, b):
         merged = dict(a)
@@ -191,10 +181,7 @@ class Collect(Aggregation):
     checkpoint, and a long list of order tuples would make that cost grow with its length."""
 
     needs_order = True
-
-    def extract(self, data):
-        value = data.get(self.field)
-        return SKIP if value is None else value
+    EXTRACT = "{v} = get({f})\nif {v} is None: {v} = SKIP"
 
     def new(self):
         return [bytearray(), [], []]
@@ -311,19 +298,27 @@ class Aggregations:
                 self.items.append(KINDS[kind](name, item[kind], item))
         self.names = [agg.name for agg in self.items]
         self.needs_order = any(agg.needs_order for agg in self.items)
-        self._pairs = list(enumerate(self.items))
+        self.extract, self.add = self._compile()
 
-    def extract(self, data: dict) -> list:
-        return [agg.extract(data) for agg in self.items]
+    def _compile(self):
+        """``extract(data) -> values`` (raises ProcessingError, changes nothing) and
+        ``add(accs, values, order)``, generated for this list of aggregations."""
+        names = [f"v{i}" for i in range(len(self.items))]
+        extract = ["def extract(data):", "    get = data.get"]
+        add = ["def add(accs, values, order):", f"    {', '.join(names)}, = values"]
+        namespace = {"SKIP": SKIP, "number": _not_a_number, "scalar": _scalar}
+        for i, agg in enumerate(self.items):
+            fields = {"v": names[i], "f": repr(agg.field), "i": i}
+            extract += ["    " + line for line in agg.EXTRACT.format(**fields).splitlines()]
+            add += ["    " + line for line in agg.ADD.format(**fields).splitlines()]
+            if "add_" in agg.ADD:
+                namespace[f"add_{i}"] = agg.add
+        extract.append(f"    return ({', '.join(names)},)")
+        exec("\n".join(extract) + "\n\n" + "\n".join(add), namespace)
+        return namespace["extract"], namespace["add"]
 
     def new(self) -> list:
         return [agg.new() for agg in self.items]
-
-    def add(self, accs: list, values: list, order) -> None:
-        for i, agg in self._pairs:
-            value = values[i]
-            if value is not SKIP:
-                accs[i] = agg.add(accs[i], value, order)
 
     def merge(self, a: list, b: list) -> list:
         return [agg.merge(x, y) for agg, x, y in zip(self.items, a, b)]
