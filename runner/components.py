@@ -32,11 +32,12 @@ it moves the partition's position and is otherwise ignored."""
 class Event:
     """A decoded record on its way down the chain of stages."""
 
-    __slots__ = ("record", "data", "time", "wp")
+    __slots__ = ("record", "data", "partition", "time", "wp")
 
-    def __init__(self, record: Record, data: Any):
+    def __init__(self, record: Record, data: Any, partition: str = ""):
         self.record = record
         self.data = data  # the decoded JSON value; a stage may replace it
+        self.partition = partition  # "topic/partition"
         self.time: int | None = None  # event time (ms) once a stage has read it
         self.wp: float | None = None  # its partition's watermark when it reached the first window stage
 

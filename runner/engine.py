@@ -225,10 +225,13 @@ class Runner:
         return name
 
     def _process(self, records) -> None:
-        emit, positions, pkey, max_bytes = self.emit, self.positions, self._partition, self.max_bytes
+        emit, positions, max_bytes = self.emit, self.positions, self.max_bytes
         events = []
+        last_topic = last_partition = name = None
         for r in records:
-            positions[pkey(r)] = r.offset + 1
+            if r.partition != last_partition or r.topic != last_topic:  # records come in runs per partition
+                last_topic, last_partition, name = r.topic, r.partition, self._partition(r)
+            positions[name] = r.offset + 1
             if r.value is NO_RECORD:
                 continue
             try:
@@ -236,7 +239,7 @@ class Runner:
             except DecodeError as exc:
                 emit.dead_letter(r, "source", "deserialization", str(exc))
                 continue
-            events.append(Event(r, data))
+            events.append(Event(r, data, name))
         if self.observer is not None:
             if not self.processed:
                 self.observer.on_first_event()
@@ -244,7 +247,7 @@ class Runner:
         self.processed += len(records)
         for i, proc in enumerate(self.processors):
             if i == self.first_windowed:
-                events = self.tracker.observe(events, emit, pkey)
+                events = self.tracker.observe(events, emit)
             if events:
                 events = proc.process(events)
         if self.tracker is not None:

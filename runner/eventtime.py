@@ -32,7 +32,7 @@ class EventTime:
         for p in partitions:
             self.high.setdefault(p, -INF)
 
-    def observe(self, events: list[Event], emit, partition_of) -> list[Event]:
+    def observe(self, events: list[Event], emit) -> list[Event]:
         """Raise H_p with each event reaching the first window stage and stamp the event
         with its partition watermark; an event without a valid time fails that stage."""
         high, grace, watermark = self.high, self.grace, self.watermark
@@ -43,7 +43,7 @@ class EventTime:
             except ProcessingError as exc:
                 emit.dead_letter(ev.record, self.stage, "processing", str(exc))
                 continue
-            p = partition_of(ev.record)
+            p = ev.partition
             h = high[p]
             if t > h:
                 high[p] = h = t
