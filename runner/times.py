@@ -108,9 +108,27 @@ def _show(value) -> str:
 
 
 def format_ms(ms: int) -> str:
-    """``YYYY-MM-DDThh:mm:ss.sssZ`` (UTC)."""
-    t = _EPOCH + _dt.timedelta(milliseconds=ms)
-    return f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}.{ms % 1000:03d}Z"
+    """``YYYY-MM-DDThh:mm:ss.sssZ`` (UTC). Computed by hand: a window that holds the last
+    millisecond of 9999 ends in year 10000, beyond what ``datetime`` can show."""
+    days, rest = divmod(ms, 86_400_000)
+    year, month, day = _civil(days)
+    seconds, millis = divmod(rest, 1000)
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}.{millis:03d}Z"
+
+
+def _civil(days: int) -> tuple[int, int, int]:
+    """The proleptic Gregorian date ``days`` after 1970-01-01 (H. Hinnant's civil_from_days)."""
+    z = days + 719_468
+    era = z // 146_097
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (month <= 2), month, day
 
 
 def format_watermark(w: float):
