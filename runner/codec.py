@@ -43,11 +43,28 @@ def _explain(raw: bytes, exc: Exception) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         return f"not UTF-8: invalid byte at position {err.start}"
-    if re.search(r"\b(NaN|-?Infinity)\b", text):
-        return "not JSON: NaN and Infinity are not JSON numbers"
-    if "infinity" in str(exc):
-        return f"not JSON: a number overflows a double ({exc})"
-    return f"not JSON: {exc}"
+    if "\x00" in text:
+        return f"not JSON: a NUL byte at position {raw.index(0)}"
+    message = str(exc)
+    if "depth" in message:
+        return f"more than {MAX_DEPTH} nested arrays and objects"
+    if "infinity" in message:
+        return f"not JSON: a number overflows a double ({message})"
+    try:  # the standard parser tells a NaN token from "NaN" inside a string
+        json.loads(text, parse_constant=_reject_constant)
+    except _NonFinite as constant:
+        return f"not JSON: {constant} is not a JSON number"
+    except ValueError:
+        pass
+    return f"not JSON: {message}"
+
+
+class _NonFinite(Exception):
+    pass
+
+
+def _reject_constant(name: str):
+    raise _NonFinite(name)
 
 
 def _check_integers(raw: bytes) -> None:

@@ -78,7 +78,8 @@ class Driver:
     def _read(path: Path) -> list[dict]:
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        # split on newlines only: JSON strings may hold U+2028 and other line breaks raw
+        return [json.loads(line) for line in path.read_bytes().split(b"\n") if line.strip()]
 
 
 class _CrashingRunner(Runner):

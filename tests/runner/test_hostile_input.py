@@ -84,11 +84,11 @@ CASES = [
     ("brackets_in_a_string", raw_event(0, b'"note":"' + b"[" * 200 + b'"'), None, None),
     # NaN and Infinity
     ("nan", raw_event(0, b'"duration":NaN'), None,
-     ("source", "deserialization", r"^not JSON: NaN and Infinity are not JSON numbers$")),
+     ("source", "deserialization", r"^not JSON: NaN is not a JSON number$")),
     ("infinity", raw_event(0, b'"duration":Infinity'), None,
-     ("source", "deserialization", r"^not JSON: NaN and Infinity are not JSON numbers$")),
+     ("source", "deserialization", r"^not JSON: Infinity is not a JSON number$")),
     ("minus_infinity", raw_event(0, b'"duration":-Infinity'), None,
-     ("source", "deserialization", r"^not JSON: NaN and Infinity are not JSON numbers$")),
+     ("source", "deserialization", r"^not JSON: -Infinity is not a JSON number$")),
     ("nan_as_a_string", raw_event(0, page_url="/NaN", referrer="Infinity"), None, None),
     # huge numbers
     ("1e400", raw_event(0, b'"duration":1e400'), None, ("source", "deserialization", r"1e400|overflows a double")),
@@ -111,7 +111,7 @@ CASES = [
      ("source", "deserialization", rf"^not JSON: .*\b{NUL_BETWEEN.index(0)}\b")),
     ("nul_after", NUL_AFTER, None, ("source", "deserialization", rf"^not JSON: .*\b{NUL_AFTER.index(0)}\b")),
     ("nul_raw_in_string", NUL_IN_STRING, None,
-     ("source", "deserialization", rf"^not JSON: .*control character.*\b{NUL_IN_STRING.index(0)}\b")),
+     ("source", "deserialization", rf"^not JSON: a NUL byte at position {NUL_IN_STRING.index(0)}$")),
     ("escaped_nul_in_string", raw_event(0, b'"note":"a\\u0000b"'), None, None),
     ("latin1", LATIN1, None,
      ("source", "deserialization", rf"^not UTF-8: invalid byte at position {LATIN1.index(0xE9)}$")),
