@@ -107,7 +107,7 @@ def ceiling(bootstrap: str, topic: str, partitions: int) -> dict:
     started = time.perf_counter()
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="runner-bench-ceiling", group_id=None,
                              enable_auto_commit=False, max_poll_records=2000,
-                             max_partition_fetch_bytes=4 << 20, fetch_max_wait_ms=200)
+                             max_partition_fetch_bytes=4 << 20, fetch_max_wait_ms=20)
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
@@ -210,7 +210,7 @@ def latency_floor(bootstrap: str, topic: str, partitions: int, rate: float, seco
     producer = SteadyProducer(bootstrap, topic, rate, count)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="runner-bench-floor", group_id=None,
                              enable_auto_commit=False, max_poll_records=2000,
-                             max_partition_fetch_bytes=4 << 20, fetch_max_wait_ms=200)
+                             max_partition_fetch_bytes=4 << 20, fetch_max_wait_ms=20)
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)

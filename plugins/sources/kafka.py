@@ -57,7 +57,9 @@ class KafkaSource(Source):
         self.client_id = cfg["group_id"] or f"runner-{self.context.pipeline}"
         self.consumer = kc.consumer(
             self.servers, self.options, self.client_id, auto_offset_reset=cfg["auto_offset_reset"],
-            max_poll_records=2000, max_partition_fetch_bytes=4 << 20, fetch_max_wait_ms=200)
+            max_poll_records=2000, max_partition_fetch_bytes=4 << 20,
+            # a short fetch wait: some brokers hold a fetch this long even when data is waiting
+            fetch_max_wait_ms=20)
         try:
             self.tps = kc.partitions_of(self.consumer, cfg["topics"], self.servers)
             self.by_key = {kc.key(tp): tp for tp in self.tps}
