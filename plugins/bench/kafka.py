@@ -99,19 +99,25 @@ def fill(bootstrap: str, topic: str, events: int) -> dict:
     return {"topic": topic, "events": events, "bad": bad, "seconds": seconds, "events_per_s": events / seconds}
 
 
+def _reader(bootstrap: str, client_id: str, topic: str, partitions: int):
+    """A consumer with the Kafka source's settings, every partition assigned from the start."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id=client_id, group_id=None,
+                             enable_auto_commit=False, max_poll_records=2000,
+                             max_partition_fetch_bytes=4 << 20, fetch_max_wait_ms=20)
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    return consumer, tps
+
+
 def ceiling(bootstrap: str, topic: str, partitions: int) -> dict:
     """kafka-python alone reading the whole backlog and doing nothing with it: the most a
     pipeline on this machine can read. Settings as the Kafka source's (manual assignment,
     max_poll_records 2000, 4 MiB partition fetches, no deserializer); timed from the
     consumer's construction, as a pipeline's run is timed from its start."""
     started = time.perf_counter()
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="runner-bench-ceiling", group_id=None,
-                             enable_auto_commit=False, max_poll_records=2000,
-                             max_partition_fetch_bytes=4 << 20, fetch_max_wait_ms=20)
+    consumer, tps = _reader(bootstrap, "runner-bench-ceiling", topic, partitions)
     try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
         count, first = 0, None
         while True:
             for records in consumer.poll(timeout_ms=100).values():
@@ -208,13 +214,8 @@ def latency_floor(bootstrap: str, topic: str, partitions: int, rate: float, seco
     come: receive time - record timestamp, the latency below which no pipeline can go."""
     count = max(1, int(rate * seconds))
     producer = SteadyProducer(bootstrap, topic, rate, count)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="runner-bench-floor", group_id=None,
-                             enable_auto_commit=False, max_poll_records=2000,
-                             max_partition_fetch_bytes=4 << 20, fetch_max_wait_ms=20)
+    consumer, tps = _reader(bootstrap, "runner-bench-floor", topic, partitions)
     try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
         consumer.poll(timeout_ms=100)  # connected and positioned before the first send
         producer.go()
         latencies: list[float] = []

@@ -13,7 +13,6 @@ import heapq
 
 from runner import hookimpl
 from runner.codec import compact
-from runner.components import ProcessingError
 from runner.outputs import result_id
 from runner.schema import duration, obj
 from runner.times import duration_ms, format_ms
@@ -81,12 +80,10 @@ class SessionProcessor(WindowProcessor):
                 self.late_event(ev)
                 passed.append(ev)
                 continue
-            try:
-                values = aggs.extract(ev.data)
-                key, kt = self.key_of(ev.data)
-            except ProcessingError as exc:
-                self.emit.dead_letter(ev.record, self.name, "processing", str(exc))
+            extracted = self.extract(ev)
+            if extracted is None:
                 continue
+            values, key, kt = extracted
             entry = self.entries.get(kt)
             if entry is None:
                 entry = self.entries[kt] = [key, []]

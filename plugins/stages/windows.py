@@ -86,6 +86,17 @@ class WindowProcessor(Processor):
             return key, text
         return key, compact(key)
 
+    def extract(self, ev):
+        """The event's (values, key, key text), or None once it went to the DLQ as a
+        processing error (nothing was changed)."""
+        try:
+            values = self.stage.aggregations.extract(ev.data)
+            key, kt = self.key_of(ev.data)
+        except ProcessingError as exc:
+            self.emit.dead_letter(ev.record, self.name, "processing", str(exc))
+            return None
+        return values, key, kt
+
     def late_event(self, ev) -> None:
         self.late += 1
         self.table.put(LATE, self.late)
@@ -153,12 +164,10 @@ class TimeWindowProcessor(WindowProcessor):
                 self.late_event(ev)
                 passed.append(ev)
                 continue
-            try:
-                values = aggs.extract(ev.data)
-                key, kt = self.key_of(ev.data)
-            except ProcessingError as exc:
-                self.emit.dead_letter(ev.record, self.name, "processing", str(exc))
+            extracted = self.extract(ev)
+            if extracted is None:
                 continue
+            values, key, kt = extracted
             order = ev.order() if aggs.needs_order else None
             for s in starts:
                 found = windows.get((s, kt))
