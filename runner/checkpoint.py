@@ -9,8 +9,9 @@ from runner.outputs import Output
 from runner.state import Store
 
 
-class Stopped(Exception):
-    """A stop was asked for while waiting on a sink; the outbox keeps what was not delivered."""
+class Stopped(BaseException):
+    """A stop was asked for while waiting on a sink; the outbox keeps what was not delivered.
+    Not an ``Exception``: no sink's error handling may swallow it."""
 
 
 class Checkpoint:
@@ -31,6 +32,7 @@ class Checkpoint:
         self.sink_states: dict = {}
         self.unconfirmed: list[tuple[int, Output]] = []  # handed to sinks, not yet flushed
         self.last_ms = 0.0
+        self.in_sink = False  # waiting on a sink: a stop must interrupt it (see Runner._on_signal)
 
     def redeliver(self, outbox: list[tuple[int, tuple]]) -> None:
         """On start: hand every output of the restored outbox to its sinks again."""
@@ -69,10 +71,13 @@ class Checkpoint:
         if not items:
             return
         self.unconfirmed.extend(items)
+        self.in_sink = True
         try:
             self._hand_over(items)
         except Exception as exc:  # confirmed (with retries) in step 1 of the next checkpoint
             self.log(f"[SINK] delivery failed ({exc}); retrying at the next checkpoint", file=sys.stderr)
+        finally:
+            self.in_sink = False
 
     def _hand_over(self, items: list[tuple[int, Output]]) -> None:
         by_sink: dict[str, list[Output]] = {}
@@ -90,6 +95,17 @@ class Checkpoint:
     def _confirm(self) -> list[int]:
         if not self.unconfirmed:
             return []
+        self.in_sink = True
+        try:
+            self._flush_all()
+        finally:
+            self.in_sink = False
+        confirmed = [seq for seq, _ in self.unconfirmed]
+        self.unconfirmed = []
+        return confirmed
+
+    def _flush_all(self) -> None:
+        """Flush every sink; while one fails, recover and deliver again, with backoff."""
         delay = 0.5
         while True:
             try:
@@ -109,9 +125,6 @@ class Checkpoint:
                     self._hand_over(self.unconfirmed)
                 except Exception:
                     continue
-        confirmed = [seq for seq, _ in self.unconfirmed]
-        self.unconfirmed = []
-        return confirmed
 
 
 def _notice(out: Output) -> list[str]:

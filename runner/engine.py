@@ -159,8 +159,8 @@ class Runner:
                 self._loop()
                 self._finish()
             except Stopped:
-                self.log(f"[{self.settings['name']}] stopped with outputs still in the outbox: "
-                         f"they are delivered at the next start", file=sys.stderr)
+                self.log(f"[{self.settings['name']}] stopped while a sink was not confirming: its outputs "
+                         f"stay in the outbox and are delivered at the next start", file=sys.stderr)
             except BaseException:
                 self._abort()
                 raise
@@ -174,6 +174,9 @@ class Runner:
         if self.stop_requested:  # a second Ctrl+C: the last checkpoint stands
             raise KeyboardInterrupt
         self.stop_requested = True
+        checkpoint = getattr(self, "checkpoint", None)
+        if checkpoint is not None and checkpoint.in_sink:
+            raise Stopped()  # a sink that hangs must not keep us: its outputs stay in the outbox
 
     def _loop(self) -> None:
         self.uncommitted = 0
