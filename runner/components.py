@@ -137,10 +137,17 @@ class Source(Component):
         for idle partitions in unbounded runs)."""
         return True
 
-    def seek(self, partition: str, offset: int) -> None:
-        """Move a partition's position (the runner calls it only to rewind to a
-        checkpointed offset)."""
-        raise NotImplementedError
+    def lost(self) -> dict[str, tuple[int, int]]:
+        """Called after every poll: partitions the source moved back on its own since the
+        last call, because the broker lost their data, as ``{partition: (position, end)}``.
+        The runner goes on from ``position``; a bounded run then stops at ``end``."""
+        return {}
+
+    def restart(self, partition: str, position: int, end: int) -> int:
+        """The runner found ``partition`` ending at ``end``, before its ``position``: the
+        data it was reading is gone. Report it, go on from where the source's reset rule
+        says, and return the new position. Sources that cannot lose data keep the default."""
+        raise RunnerError(f"{partition} ends at {end}, before the position {position}")
 
     def close(self) -> None:
         """Called at a clean stop; not called after SIGKILL."""

@@ -187,6 +187,12 @@ class Runner:
             records = self.source.poll(timeout)
             if records:
                 self._consume(records)
+            for partition, (position, end) in self.source.lost().items():
+                self.positions[partition] = position
+                if self.stop is not None:  # what was there at start is gone: stop at what is there now
+                    self.stop[partition] = end
+            if not records and self.stop is not None:
+                self._recheck_ends(now=time.monotonic())
             now = time.monotonic()
             if self.tracker is not None and not self.bounded:
                 self._idle(records, now)
@@ -197,6 +203,25 @@ class Runner:
             if now - last_display >= 1.0:
                 self._display()
                 last_display = now
+
+    def _recheck_ends(self, now: float) -> None:
+        """A bounded run with nothing to read: if the input present at start was lost (a
+        partition's end went back below its stop offset), stop at the new end, never hang."""
+        if now < getattr(self, "_next_recheck", 0) or self._reached_end():
+            return
+        self._next_recheck = now + 2.0
+        try:
+            ends = self.source.end_offsets()
+        except Exception:  # the broker is away: try again later
+            return
+        for partition, end in ends.items():
+            if end < self.stop.get(partition, 0):
+                self.log(f"WARNING: {partition} now ends at {end}, before the stop offset "
+                         f"{self.stop[partition]} fixed at start: its data was lost; stopping at {end}",
+                         file=sys.stderr)
+                self.stop[partition] = end
+                if self.positions.get(partition, 0) > end:
+                    self.positions[partition] = self.source.restart(partition, self.positions[partition], end)
 
     def _reached_end(self) -> bool:
         if self.stop is None:

@@ -80,12 +80,6 @@ class FileSource(Source):
     def caught_up(self, partition):
         return os.fstat(self.file.fileno()).st_size == self.file.tell()
 
-    def seek(self, partition, offset):
-        self.file.seek(0)
-        self.line = 0
-        while self.line < offset and self._read_line(final_ok=True) is not None:
-            pass
-
     def close(self):
         if self.file:
             self.file.close()

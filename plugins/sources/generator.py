@@ -140,13 +140,6 @@ class GeneratorSource(Source):
     def caught_up(self, partition: str) -> bool:
         return self._caught_up
 
-    def seek(self, partition: str, offset: int) -> None:
-        if partition != KEY:
-            raise KeyError(f"the generator source has one partition, {KEY}, not {partition}")
-        self.position = offset
-        self._caught_up = False
-        self._anchor()
-
 
 @hookimpl
 def runner_register_sources():

@@ -94,6 +94,7 @@ class KafkaSource(Source):
         self.down = False
         self.last_check = time.monotonic()
         self.suspects: dict = {}  # partition -> (position, high watermark) seen beyond the end
+        self.rewound: dict = {}  # partition -> (new position, end) after a reset, for lost()
         return positions
 
     def end_offsets(self) -> dict[str, int]:
@@ -122,10 +123,6 @@ class KafkaSource(Source):
         high = self.consumer.highwater(tp)
         position = self.consumer.position(tp, timeout_ms=0)
         return high is not None and position is not None and position >= high
-
-    def seek(self, partition: str, offset: int) -> None:
-        """Read ``partition`` from ``offset`` on."""
-        self.consumer.seek(self.by_key[partition], offset)
 
     def close(self) -> None:
         """Leave the broker; nothing to commit (offsets live in the runner's checkpoints)."""
@@ -158,14 +155,26 @@ class KafkaSource(Source):
             if self.suspects.get(name) != (position, high):
                 suspects[name] = (position, high)
                 continue
-            reset = self.config["auto_offset_reset"]
-            kc.warn(f"WARNING: offset {position} of {name} is beyond its end {high} "
-                    f"(was the broker restarted empty?): going on from {reset} per auto_offset_reset")
-            if reset == "earliest":
-                self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, high)
+            self.rewound[name] = (self.restart(name, position, high), high)
         self.suspects = suspects
+
+    def restart(self, partition: str, position: int, end: int) -> int:
+        """The broker lost the data at ``position`` (the partition now ends at ``end``): go on
+        from where ``auto_offset_reset`` says, and return that position."""
+        reset = self.config["auto_offset_reset"]
+        kc.warn(f"WARNING: offset {position} of {partition} is beyond its end {end} "
+                f"(was the broker restarted empty?): going on from {reset} per auto_offset_reset")
+        tp = self.by_key[partition]
+        if reset == "earliest":
+            self.consumer.seek_to_beginning(tp)
+        else:
+            self.consumer.seek(tp, end)
+        return self.consumer.position(tp, timeout_ms=kc.CONNECT_TIMEOUT_S * 1000)
+
+    def lost(self) -> dict[str, tuple[int, int]]:
+        """Partitions rewound since the last call because the broker lost their data."""
+        rewound, self.rewound = self.rewound, {}
+        return rewound
 
 
 @hookimpl

@@ -135,16 +135,6 @@ def test_stored_offset_beyond_count_is_reported_and_ends_there(caplog):
     assert list(src.poll(0.01)) == []
 
 
-def test_seek_rewinds():
-    src = source(rate=0, count=50)
-    src.open({})
-    records = drain(src)
-    src.seek(KEY, 10)
-    assert drain(src) == records[10:]
-    with pytest.raises(KeyError):
-        src.seek("generator/1", 0)
-
-
 def test_default_start_and_event_time_spacing():
     src = source(rate=4, count=3)
     src.open({})
