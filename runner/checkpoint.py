@@ -9,6 +9,9 @@ from runner.outputs import Output
 from runner.state import Store
 
 
+CONFIRM_EVERY_S = 1.0
+
+
 class Stopped(BaseException):
     """A stop was asked for while waiting on a sink; the outbox keeps what was not delivered.
     Not an ``Exception``: no sink's error handling may swallow it."""
@@ -33,17 +36,20 @@ class Checkpoint:
         self.unconfirmed: list[tuple[int, Output]] = []  # handed to sinks, not yet flushed
         self.last_ms = 0.0
         self.in_sink = False  # waiting on a sink: a stop must interrupt it (see Runner._on_signal)
+        self.confirmed_at = time.monotonic()
 
     def redeliver(self, outbox: list[tuple[int, tuple]]) -> None:
         """On start: hand every output of the restored outbox to its sinks again."""
         self._deliver([(seq, Output.from_tuple(item)) for seq, item in outbox])
 
-    def commit(self, outputs: list[Output], meta: dict) -> None:
+    def commit(self, outputs: list[Output], meta: dict, confirm: bool = False) -> None:
         """Commit everything since the last checkpoint, then deliver its outputs.
 
-        1. Confirm the outputs handed to sinks after the previous checkpoint: flush every
-           sink (retrying with backoff while one fails). Each sink's state joins this
-           checkpoint, and the confirmed outputs leave the outbox in it.
+        1. Confirm the outputs handed to sinks after earlier checkpoints, when ``confirm``
+           or once a second (a flush waits on every sink, so not at every checkpoint):
+           flush every sink (retrying with backoff while one fails). Each sink's state joins
+           this checkpoint, and the confirmed outputs leave the outbox in it. Until then
+           they stay in the outbox, to be delivered again after a crash.
         2. Number the new outputs into the outbox.
         3. Write, in one transaction: every table's changes, ``meta`` (offsets, event time,
            watermark), sink states, the checkpoint number and the outbox changes.
@@ -51,7 +57,7 @@ class Checkpoint:
         5. Hand the new outputs to their sinks; step 1 of the next checkpoint confirms them.
         """
         # 1. confirm earlier deliveries
-        confirmed = self._confirm()
+        confirmed = self._confirm() if confirm or self.pending() else []
         started = time.perf_counter()  # last_ms: the cost of the transaction itself
         # 2. number new outputs
         added = [(self.next_seq + i, out) for i, out in enumerate(outputs)]
@@ -65,7 +71,11 @@ class Checkpoint:
         self._deliver(added)
 
     def pending(self) -> bool:
-        return bool(self.unconfirmed)
+        """Outputs wait for a confirmation that is due."""
+        return bool(self.unconfirmed) and time.monotonic() - self.confirmed_at >= CONFIRM_EVERY_S
+
+    def unconfirmed_count(self) -> int:
+        return len(self.unconfirmed)
 
     def _deliver(self, items: list[tuple[int, Output]]) -> None:
         if not items:
@@ -102,6 +112,7 @@ class Checkpoint:
             self.in_sink = False
         confirmed = [seq for seq, _ in self.unconfirmed]
         self.unconfirmed = []
+        self.confirmed_at = time.monotonic()
         return confirmed
 
     def _flush_all(self) -> None:

@@ -293,7 +293,7 @@ class Runner:
         self.tracker.update_idle(self.source.caught_up, now)
         self._advance(self.tracker.recompute())
 
-    def _commit(self) -> None:
+    def _commit(self, confirm: bool = False) -> None:
         meta = dict(self.meta_fixed, offsets=dict(self.positions))
         if self.tracker is not None:
             meta["event_time"] = {p: (None if h == -math.inf else h) for p, h in self.tracker.high.items()}
@@ -301,7 +301,7 @@ class Runner:
         else:
             meta["event_time"] = {p: None for p in self.positions}
             meta["watermark"] = -math.inf
-        self.checkpoint.commit(self.emit.take(), meta)
+        self.checkpoint.commit(self.emit.take(), meta, confirm)
         if self.observer is not None:
             self.observer.on_checkpoint(self.checkpoint.number, self.checkpoint.last_ms, self._timestamps)
             self._timestamps = []
@@ -312,8 +312,8 @@ class Runner:
         if self.drain and self.tracker is not None and self._reached_end():
             self._advance(self.tracker.drain())
         self._commit()
-        if self.checkpoint.pending():  # confirm the last deliveries, so the outbox is empty
-            self._commit()
+        if self.checkpoint.unconfirmed_count():  # confirm the last deliveries: the outbox is left empty
+            self._commit(confirm=True)
         self._display()
 
     def _display(self) -> None:
