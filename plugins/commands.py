@@ -5,8 +5,8 @@ from runner import hookimpl
 
 @hookimpl
 def runner_register_commands(subparsers):
-    from plugins import bench, broker, clickstream
+    from plugins import bench, broker, generate
 
     broker.add_command(subparsers)
-    clickstream.add_command(subparsers)
+    generate.add_command(subparsers)
     bench.add_command(subparsers)

@@ -7,26 +7,27 @@
 The top level is checked against ``top_schema()``; then every source, DLQ, stage and sink
 against its own class's ``config_schema`` and ``lint``. Errors are found on plain values and
 located afterwards by their path (``("stages", 2, "size")``), so neither jsonschema nor the
-plugins need to know about YAML.
+plugins need to know about YAML. Reading the YAML is ``runner.yamldoc``'s; putting jsonschema
+errors in words is ``runner.schema_errors``'s.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
-import json
-import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator, NamedTuple
 
 import jsonschema
-import yaml
 
 from runner import plugins
 from runner.components import ConfigError
 from runner.schema import duration, obj
+from runner.schema_errors import did_you_mean, explain
 from runner.times import duration_ms, parse_event_time
+from runner.yamldoc import Document, Finding, format_path, item_name, origin, read_scalar, show
+
+__all__ = ["NAME_PATTERN", "SECTIONS", "ComponentSpec", "Pipeline", "load", "top_schema", "pipeline_schema",
+           "read_scalar", "format_path"]  # the last two from runner.yamldoc
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
@@ -37,15 +38,6 @@ SECTIONS = {
     "stages": ("stages", ("type", "name", "to")),
     "sinks": ("sinks", ("type", "name")),
 }
-
-
-class Finding(NamedTuple):
-    """One error: where it is (a path into the document) and what is wrong."""
-
-    path: tuple
-    message: str
-    line: int | None = None  # when it is not the path's line (a duplicate key, a bad key)
-    set_text: str | None = None  # the --set whose path leads nowhere
 
 
 class ComponentSpec(NamedTuple):
@@ -78,7 +70,7 @@ class Pipeline:
 
     def where(self, path: tuple) -> str:
         """``FILE:LINE`` of the deepest existing node of ``path``, or the ``--set`` that made it."""
-        return _where(self.path, self.lines, self.overrides, tuple(path))
+        return origin(self.path, self.lines, self.overrides, tuple(path))
 
     def components(self) -> list[ComponentSpec]:
         """Source, DLQ, stages and sinks in this order, each with its class and own config."""
@@ -97,12 +89,12 @@ def load(path: str, overrides: list[str] = (), registry: plugins.Registry | None
     ``overrides`` are ``PATH=VALUE`` texts from ``--set``, applied in order. Without a
     ``registry``, one is built from the built-ins, entry points and the file's ``plugins:``.
     """
-    doc = _Document(path)
+    doc = Document(path)
     for text in overrides:
         doc.override(text)
     data = doc.data
     if not isinstance(data, dict):
-        doc.findings.append(Finding((), f"expected a mapping of pipeline settings, got {_show(data)}"))
+        doc.findings.append(Finding((), f"expected a mapping of pipeline settings, got {show(data)}"))
         raise ConfigError(doc.format(doc.findings))
 
     findings = doc.findings + _schema_findings(top_schema(), data, ())
@@ -111,293 +103,13 @@ def load(path: str, overrides: list[str] = (), registry: plugins.Registry | None
             registry = plugins.load(_plugin_modules(data))
         except ConfigError as exc:
             # Components cannot be checked without their classes: report what we have.
-            where = _where(path, doc.lines, doc.overrides, ("plugins",))
+            where = origin(path, doc.lines, doc.overrides, ("plugins",))
             raise ConfigError(doc.format(findings) + [f"{where}: {line}" for line in exc.lines]) from None
     settings, more = _check_components(data, registry)
     lines = doc.format(findings + more)
     if lines:
         raise ConfigError(lines)
     return Pipeline(path, settings, registry, doc.lines, doc.overrides)
-
-
-# --- reading YAML -------------------------------------------------------------------------------
-
-_KEY_WORDS = {"int": "a number", "float": "a number", "bool": "true or false", "null": "null", "timestamp": "a time"}
-_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
-_TAG = "tag:yaml.org,2002:"
-_RESOLVER = yaml.resolver.Resolver()
-
-
-def _constructor() -> yaml.constructor.SafeConstructor:
-    # A fresh one each time: a constructor keeps every node it has seen.
-    return yaml.constructor.SafeConstructor()
-
-
-def read_scalar(text: str) -> Any:
-    """``text`` as an unquoted YAML scalar: ``500`` an int, ``true`` a bool, ``5m`` a string."""
-    if text == "":
-        return ""  # YAML would say null; an empty variable or --set value is an empty string
-    tag = _RESOLVER.resolve(yaml.ScalarNode, text, (True, False))
-    if tag in (_TAG + "str", _TAG + "timestamp"):
-        return text  # times stay text: schemas and the engine parse RFC 3339 themselves
-    return _constructor().construct_object(yaml.ScalarNode(tag, text))
-
-
-def _read_value(text: str) -> Any:
-    """A ``--set`` value: a YAML scalar, or a flow list or mapping (``[a, b]``, ``{k: v}``)."""
-    if text.startswith(("[", "{")):
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            return text
-        if isinstance(value, (list, dict)):
-            return value
-    return read_scalar(text)
-
-
-class _Document:
-    """A pipeline file as plain values, with the line of every node by its path.
-
-    ``findings`` collects what is wrong with the text itself (duplicate keys, unset
-    variables, bad ``--set``); validation comes later, on ``data``.
-    """
-
-    def __init__(self, filename: str):
-        self.filename = filename
-        self.lines: dict[tuple, int] = {}
-        self.overrides: dict[tuple, str] = {}  # path -> the --set text that made its value
-        self.applied: list[str] = []  # every --set text, in order
-        self.findings: list[Finding] = []
-        self.reported: set[tuple] = set()  # paths whose value is known bad: no second error
-        try:
-            with open(filename, encoding="utf-8") as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError([f"{filename}: cannot read the pipeline file: {exc}"]) from None
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark else 1
-            raise ConfigError([f"{filename}:{line}: {exc.problem or exc.context}"]) from None
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"{filename}: {exc}"]) from None
-        self.lines[()] = 1  # an empty file has no root node
-        self.data = None if node is None else self._value(node, (), node.start_mark.line + 1)
-
-    def _error(self, path: tuple, message: str) -> None:
-        """A bad value: its own error, and no second one from validation."""
-        self.findings.append(Finding(path, message))
-        self.reported.add(path)
-
-    def _value(self, node: yaml.Node, path: tuple, line: int) -> Any:
-        self.lines[path] = line
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            return [self._value(item, path + (i,), item.start_mark.line + 1) for i, item in enumerate(node.value)]
-        return self._scalar(node, path)
-
-    def _mapping(self, node: yaml.MappingNode, path: tuple) -> dict:
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag != _TAG + "merge" and key_node.value in seen:
-                self._duplicate(path + (key_node.value,), key_node.start_mark.line + 1)
-            seen.add(key_node.value)
-        try:
-            _constructor().flatten_mapping(node)  # resolve `<<: *anchor` merges, as PyYAML does
-        except yaml.constructor.ConstructorError as exc:
-            self.findings.append(Finding(path, str(exc.problem)))
-        result = {}
-        for key_node, value_node in node.value:  # merged keys first: the mapping's own win
-            key = self._key(key_node, path)
-            if key is not None:
-                # The key's line, not the value's: a block value starts on the next line.
-                result[key] = self._value(value_node, path + (key,), key_node.start_mark.line + 1)
-        return result
-
-    def _duplicate(self, path: tuple, line: int) -> None:
-        self.findings.append(Finding(path, f'duplicate key "{path[-1]}"', line))
-
-    def _key(self, node: yaml.Node, path: tuple) -> str | None:
-        line = node.start_mark.line + 1
-        if not isinstance(node, yaml.ScalarNode):
-            self.findings.append(Finding(path, "a key must be a string", line))
-            return None
-        if node.style is None and node.tag != _TAG + "str":
-            # `on:`, `yes:` or `1:` would silently become true or 1: ask for quotes instead.
-            kind = _KEY_WORDS.get(node.tag.rsplit(":", 1)[-1], node.tag)
-            message = f'key {node.value} is read as {kind}: quote it ("{node.value}") to use it as a name'
-            self.findings.append(Finding(path + (node.value,), message, line))
-            return None
-        return node.value
-
-    def _scalar(self, node: yaml.ScalarNode, path: tuple) -> Any:
-        if node.tag == _TAG + "str" and "${" in node.value:
-            return self._substitute(node, path)
-        if node.tag == _TAG + "timestamp":
-            return node.value
-        try:
-            return _constructor().construct_object(node)
-        except yaml.YAMLError as exc:
-            self._error(path, str(getattr(exc, "problem", exc)))
-            return None
-
-    def _substitute(self, node: yaml.ScalarNode, path: tuple) -> Any:
-        """``${VAR}`` and ``${VAR:-default}`` from the environment (the default also when empty,
-        as in the shell). An unquoted scalar that is wholly one variable is re-read as YAML,
-        so ``${N:-100}`` is the int 100."""
-        unset = []
-
-        def replace(match: re.Match) -> str:
-            name, has_default, default = match.groups()
-            value = os.environ.get(name)
-            if has_default and not value:
-                return default
-            if value is None:
-                unset.append(name)
-                return ""
-            return value
-
-        text = _VARIABLE.sub(replace, node.value)
-        for name in unset:
-            self._error(path, f"environment variable {name} is not set (write ${{{name}:-default}} for a default)")
-        if node.style is None and _VARIABLE.fullmatch(node.value):
-            return read_scalar(text)
-        return text
-
-    # --- --set --------------------------------------------------------------------------------
-
-    def override(self, text: str) -> None:
-        """Apply one ``--set PATH=VALUE``; a path that leads nowhere is an error."""
-        self.applied.append(text)
-        target, sep, raw = text.partition("=")
-        if not sep or not target:
-            self.findings.append(Finding(("--set",), f"--set {text}: expected PATH=VALUE", set_text=text))
-            return
-        try:
-            container, key, path = self._resolve(target.split("."))
-        except LookupError as exc:
-            self.findings.append(Finding(("--set",), f"--set {text}: {exc.args[0]}", set_text=text))
-            return
-        container[key] = _read_value(raw)
-        # The old value's lines and overrides no longer describe anything.
-        for table in (self.lines, self.overrides):
-            for old in [p for p in table if p[: len(path)] == path]:
-                del table[old]
-        self.findings = [f for f in self.findings if f.path[: len(path)] != path]
-        self.reported = {p for p in self.reported if p[: len(path)] != path}
-        self.overrides[path] = text
-
-    def _resolve(self, parts: list[str]) -> tuple[Any, Any, tuple]:
-        """The container and key that ``parts`` name; missing mappings on the way are created."""
-        if not isinstance(self.data, dict):
-            raise LookupError("the pipeline file is not a mapping")
-        node, path = self.data, ()
-        for i, part in enumerate(parts):
-            if isinstance(node, dict):
-                key = part
-            elif isinstance(node, list):
-                key = self._index(node, path, part)
-            else:
-                raise LookupError(f"{format_path(path)} is {_show(node)}, not a mapping or a list")
-            if i == len(parts) - 1:
-                return node, key, path + (key,)
-            if isinstance(node, dict) and node.get(key) is None:
-                node[key] = {}  # `--set event_time.grace=5s` works without an event_time section
-            node, path = node[key], path + (key,)
-        raise AssertionError("unreachable")
-
-    @staticmethod
-    def _index(items: list, path: tuple, part: str) -> int:
-        """A list item by index, or for ``stages`` and ``sinks`` by its name (default: its type)."""
-        if part.isdigit():
-            if int(part) >= len(items):
-                raise LookupError(f"no {format_path(path)}[{part}] ({format_path(path)} has {len(items)} items)")
-            return int(part)
-        if path not in (("stages",), ("sinks",)):
-            raise LookupError(f"{format_path(path)} is a list: expected an index, got {_show(part)}")
-        names = [_item_name(item) for item in items]
-        found = [i for i, name in enumerate(names) if name == part]
-        if len(found) != 1:
-            what = "no" if not found else "more than one"
-            listed = ", ".join(str(n) for n in names) or "none"
-            raise LookupError(f'{what} {path[0][:-1]} named "{part}" ({path[0]}: {listed})')
-        return found[0]
-
-    # --- reporting ----------------------------------------------------------------------------
-
-    def format(self, findings: list[Finding]) -> list[str]:
-        """``FILE:LINE: PATH: message`` lines, each error once: the file's in line order,
-        then those of ``--set`` values in the order they were given."""
-        out, seen = [], set()
-        for finding in findings:
-            if finding.path[:1] == ("--set",):
-                text, rank = finding.message, (1, self._set_rank(finding.set_text))
-            elif finding.path in self.reported and finding not in self.findings:
-                continue  # e.g. an unset variable: the empty value it left is not a second error
-            else:
-                where = _where(self.filename, self.lines, self.overrides, finding.path)
-                if finding.line is not None:
-                    where = f"{self.filename}:{finding.line}"
-                text = f"{where}: {format_path(finding.path)}: {finding.message}"
-                if where.startswith("--set "):
-                    rank = (1, self._set_rank(where[len("--set "):]))
-                else:
-                    rank = (0, finding.line or self.lines.get(_deepest(self.lines, finding.path), 0))
-            if text not in seen:
-                seen.add(text)
-                out.append((rank, len(out), text))
-        return [text for *_, text in sorted(out)]
-
-    def _set_rank(self, text: str) -> int:
-        return self.applied.index(text) if text in self.applied else len(self.applied)
-
-
-def _item_name(item: Any) -> Any:
-    if isinstance(item, dict):
-        return item.get("name", item.get("type"))
-    return None
-
-
-def _deepest(table: dict, path: tuple) -> tuple:
-    """The longest prefix of ``path`` present in ``table`` (the root at least)."""
-    for n in range(len(path), -1, -1):
-        if path[:n] in table:
-            return path[:n]
-    return ()
-
-
-def _where(filename: str, lines: dict, overrides: dict, path: tuple) -> str:
-    """Where a path's value came from: ``FILE:LINE``, or the ``--set`` that made it."""
-    for n in range(len(path), -1, -1):
-        if path[:n] in overrides:
-            return f"--set {overrides[path[:n]]}"
-        if path[:n] in lines:
-            return f"{filename}:{lines[path[:n]]}"
-    return filename
-
-
-_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-
-
-def format_path(path: tuple) -> str:
-    """``("stages", 2, "size")`` -> ``stages[2].size``; the document itself is ``(root)``."""
-    text = ""
-    for part in path:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif _PLAIN_KEY.fullmatch(str(part)):
-            text += f".{part}" if text else str(part)
-        else:
-            text += f"[{json.dumps(part, ensure_ascii=False)}]"
-    return text or "(root)"
-
-
-def _show(value: Any) -> str:
-    """A value as compact JSON, shortened: how error messages quote what the user wrote."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # --- schemas ------------------------------------------------------------------------------------
@@ -501,12 +213,12 @@ def _x_duration(validator, mode, instance, schema):
         ms = duration_ms(instance)
     except ValueError as exc:
         if "whole number" in str(exc):
-            yield jsonschema.ValidationError(f"a duration must be a whole number of milliseconds, got {_show(instance)}")
+            yield jsonschema.ValidationError(f"a duration must be a whole number of milliseconds, got {show(instance)}")
         else:
-            yield jsonschema.ValidationError(f"expected a duration like 5m, got {_show(instance)}")
+            yield jsonschema.ValidationError(f"expected a duration like 5m, got {show(instance)}")
         return
     if mode == "positive" and ms == 0:
-        yield jsonschema.ValidationError(f"must be > 0, got {_show(instance)}")
+        yield jsonschema.ValidationError(f"must be > 0, got {show(instance)}")
 
 
 _Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"x-duration": _x_duration})
@@ -516,7 +228,7 @@ def _schema_findings(schema: dict, instance: Any, base: tuple) -> list[Finding]:
     """Every way ``instance`` fails ``schema``, as findings with paths under ``base``."""
     findings = []
     for error in _Validator(schema).iter_errors(instance):
-        for path, message in _explain(error, schema):
+        for path, message in explain(error, schema):
             findings.append(Finding(base + path, message))
     return findings
 
@@ -579,7 +291,7 @@ def _check_components(data: dict, registry: plugins.Registry) -> tuple[dict, lis
         _put(settings, path, {**filled, **config})
     findings += _check_names(data) + _check_event_time(data)
     if windowed and "event_time" not in data:
-        stage = _item_name(_get(data, windowed[0]))
+        stage = item_name(_get(data, windowed[0]))
         findings.append(Finding((), f'missing required key "event_time" (window stage "{stage}" needs it)'))
     return settings, findings
 
@@ -593,7 +305,7 @@ def _lookup(registry, kind: str, type_name: Any, path: tuple, findings: list) ->
     word = kind[:-1]
     known = ", ".join(sorted(classes)) or "none registered"
     message = f'unknown {word} type "{type_name}" (known {word} types: {known})'
-    findings.append(Finding(path + ("type",), message + _did_you_mean(type_name, classes)))
+    findings.append(Finding(path + ("type",), message + did_you_mean(type_name, classes)))
     return None
 
 
@@ -604,7 +316,7 @@ def _check_names(data: dict) -> list[Finding]:
     for section, path, item in _components(data):
         if section not in ("stages", "sinks"):
             continue
-        name = _item_name(item)
+        name = item_name(item)
         if not isinstance(name, str):
             continue
         at = path + ("name",) if "name" in item else path
@@ -644,163 +356,3 @@ def _get(data: Any, path: tuple) -> Any:
 
 def _put(data: Any, path: tuple, value: Any) -> None:
     _get(data, path[:-1])[path[-1]] = value
-
-
-def _did_you_mean(word: str, known) -> str:
-    # 0.6 is difflib's own default: "tumbling" still finds "tumbling_window", "foo" finds nothing.
-    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
-    return f'; did you mean "{close[0]}"?' if close else ""
-
-
-# --- jsonschema errors in words -----------------------------------------------------------------
-
-_TYPE_WORDS = {
-    "string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false",
-    "object": "a mapping", "array": "a list", "null": "null",
-}
-# Errors about a mapping's keys, not its value as a whole: an x-expected would hide them.
-_STRUCTURAL = {"required", "additionalProperties", "unevaluatedProperties", "dependentRequired",
-               "minProperties", "maxProperties", "propertyNames"}
-_SAME_VALUE = {"anyOf", "oneOf", "allOf", "not", "if", "then", "else"}  # subschemas of the same value
-
-
-def _explain(error: jsonschema.ValidationError, root: dict) -> Iterator[tuple[tuple, str]]:
-    """(path, message) pairs for one jsonschema error, in the words of section 2 of the contract."""
-    path, kind, value = tuple(error.absolute_path), error.validator, error.instance
-    if "propertyNames" in error.absolute_schema_path:
-        # The instance is the offending key; the path is its mapping's.
-        yield path + (value,), f'"{value}" is not allowed as a name here' + (
-            " (it is reserved)" if kind == "not" else f": {_plain(error)}")
-    elif kind in ("additionalProperties", "unevaluatedProperties"):
-        known = list(error.schema.get("properties", {}))
-        patterns = list(error.schema.get("patternProperties", {}))
-        for key in value:
-            if key not in known and not any(re.search(p, key) for p in patterns):
-                yield path + (key,), f'unknown key "{key}"' + _did_you_mean(str(key), known)
-    elif kind == "required":
-        for key in error.validator_value:
-            if key not in value:
-                yield path, f'missing required key "{key}"'
-    elif kind == "x-duration":
-        yield path, error.message
-    elif kind in ("anyOf", "oneOf"):
-        best = _best_variant(error)
-        if best:
-            for sub in best:
-                yield from _explain(sub, root)
-        elif not error.context:  # a oneOf that more than one branch accepts
-            yield path, f"{_show(value)} matches more than one of the allowed forms"
-        else:
-            yield path, _expected_message(error, root) or _no_variant_message(error)
-    elif kind not in _STRUCTURAL and _expected(error, root):
-        yield path, _expected_message(error, root)
-    else:
-        yield path, _plain(error)
-
-
-def _best_variant(error: jsonschema.ValidationError) -> list | None:
-    """The errors of the one anyOf/oneOf branch the value plainly meant, if there is one.
-
-    A branch is meant when the value has its shape (no type, const, pattern... error on
-    the value itself, only missing or unknown keys or errors deeper down); among those, the
-    one with the fewest errors, if it alone has that few. ``{top: page_url}`` means the
-    ``top`` branch (only ``n`` is missing); ``"five"`` for a duration means none.
-    """
-    branches: dict[int, list] = {}
-    for sub in error.context:
-        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
-    meant = [errs for errs in branches.values()
-             if all(e.relative_path or e.validator in _STRUCTURAL - {"minProperties", "maxProperties"} for e in errs)]
-    if not meant:
-        return None
-    fewest = min(len(errs) for errs in meant)
-    best = [errs for errs in meant if len(errs) == fewest]
-    return best[0] if len(best) == 1 else None
-
-
-def _expected(error: jsonschema.ValidationError, root: dict) -> str | None:
-    """The ``x-expected`` of the outermost schema that applies to the error's own value.
-
-    Walks the error's schema path from ``root``; keywords like ``properties`` move to a
-    child value (forgetting what applied to the parent), ``anyOf`` and the like do not.
-    """
-    keys = list(error.absolute_schema_path)[:-1]  # the last one is the failing keyword
-    schema, level, i = root, [root], 0
-    while i < len(keys):
-        keyword = keys[i]
-        if not isinstance(schema, dict):
-            return None
-        if keyword in ("properties", "patternProperties", "prefixItems", "anyOf", "oneOf", "allOf"):
-            schema, i = schema[keyword][keys[i + 1]], i + 2
-        elif keyword in ("items", "additionalProperties", "unevaluatedItems", "unevaluatedProperties",
-                         "contains", "propertyNames", "not", "if", "then", "else"):
-            schema, i = schema[keyword], i + 1
-        else:
-            return None  # $ref and friends: not followed, so no claim about what applies
-        level = level + [schema] if keyword in _SAME_VALUE else [schema]
-    for sub in level:
-        if isinstance(sub, dict) and "x-expected" in sub:
-            return sub["x-expected"]
-    return None
-
-
-def _expected_message(error: jsonschema.ValidationError, root: dict) -> str | None:
-    expected = _expected(error, root)
-    return f"expected {expected}, got {_show(error.instance)}" if expected else None
-
-
-def _describe(schema: Any) -> str | None:
-    """A short phrase for what a schema accepts, when it has an obvious one."""
-    if not isinstance(schema, dict):
-        return None
-    if "x-expected" in schema:
-        return schema["x-expected"]
-    if "const" in schema:
-        return _show(schema["const"])
-    if "enum" in schema:
-        return "one of " + ", ".join(_choice(c) for c in schema["enum"])
-    types = schema.get("type")
-    if types:
-        return " or ".join(_TYPE_WORDS.get(t, t) for t in (types if isinstance(types, list) else [types]))
-    return None
-
-
-def _no_variant_message(error: jsonschema.ValidationError) -> str:
-    words = [_describe(s) for s in error.validator_value]
-    if all(words):
-        return f"expected {' or '.join(dict.fromkeys(words))}, got {_show(error.instance)}"
-    return f"{_show(error.instance)} matches none of the allowed forms"
-
-
-def _choice(value: Any) -> str:
-    return value if isinstance(value, str) else _show(value)
-
-
-def _plain(error: jsonschema.ValidationError) -> str:
-    """The message for one failed keyword without an ``x-expected``."""
-    kind, limit, got = error.validator, error.validator_value, _show(error.instance)
-    count = {"minItems": "items", "maxItems": "items", "minProperties": "keys", "maxProperties": "keys",
-             "minLength": "characters", "maxLength": "characters"}
-    if kind == "type":
-        types = limit if isinstance(limit, list) else [limit]
-        return f"expected {' or '.join(_TYPE_WORDS.get(t, t) for t in types)}, got {got}"
-    if kind == "enum":
-        return f"expected one of {', '.join(_choice(c) for c in limit)}, got {got}"
-    if kind == "const":
-        return f"expected {_show(limit)}, got {got}"
-    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-        op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[kind]
-        return f"must be {op} {limit}, got {got}"
-    if kind == "multipleOf":
-        return f"must be a multiple of {limit}, got {got}"
-    if kind == "pattern":
-        return f"expected a string matching {limit}, got {got}"
-    if kind in count:
-        if kind.startswith("min"):
-            return "must not be empty" if limit == 1 else f"must have at least {limit} {count[kind]}"
-        return f"must have at most {limit} {count[kind]}"
-    if kind == "uniqueItems":
-        return f"must not repeat items, got {got}"
-    if kind == "not":
-        return f"{got} is not allowed here"
-    return error.message

@@ -9,9 +9,9 @@ from fractions import Fraction
 
 import pytest
 
-from plugins import clickstream
-from plugins.clickstream import (BAD_KINDS, DEFAULT_START_MS, FILE_BAD_KINDS, OVERSIZED, ClickGenerator,
-                                 add_command, bad_record)
+from plugins import clickstream, generate
+from plugins.clickstream import BAD_KINDS, DEFAULT_START_MS, FILE_BAD_KINDS, OVERSIZED, ClickGenerator, bad_record
+from plugins.generate import add_command
 from runner.codec import DecodeError, decode
 from runner.times import InvalidTime, format_ms, parse_event_time
 
@@ -327,7 +327,7 @@ def test_generate_rejects_bad_usage(argv):
 
 
 def test_generate_without_a_broker_fails_fast_and_says_what_to_do(monkeypatch, capsys):
-    monkeypatch.setattr(clickstream, "BOOTSTRAP_TIMEOUT_MS", 1500)
+    monkeypatch.setattr(generate, "BOOTSTRAP_TIMEOUT_MS", 1500)
     began = time.monotonic()
     code = run_generate(["--count", "5", "--topic", "clickstream-events", "--bootstrap-servers", "127.0.0.1:1"])
     assert code == 1
