@@ -6,23 +6,34 @@ set -euo pipefail
 PORT=${DEMO_PORT:-9092}
 export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$PORT
 PIPELINE=pipelines/fault_tolerant.yaml
-pids=()
+broker="" clicks="" pipeline=""
+
+stop() {  # TERM a process and wait for it, if it still runs
+  [ -n "$1" ] && kill -0 "$1" 2>/dev/null && kill -TERM "$1" 2>/dev/null && wait "$1" 2>/dev/null || true
+}
 cleanup() {
   trap - EXIT INT TERM
   # the runner first (it checkpoints and delivers), then the clicks, then the broker
-  for ((i=${#pids[@]}-1; i>=0; i--)); do
-    kill -TERM "${pids[i]}" 2>/dev/null || true
-    wait "${pids[i]}" 2>/dev/null || true
-  done
+  stop "$pipeline"; stop "$clicks"; stop "$broker"
   echo "demo stopped; 'make demo' again resumes from the checkpoint in state_store/fault_tolerant"
 }
+on_interrupt() {
+  # Ctrl+C in a terminal reached the runner as well: let it finish its clean stop before
+  # anyone signals it again (a second signal means "stop now, without a checkpoint")
+  for _ in $(seq 1 100); do
+    { [ -n "$pipeline" ] && kill -0 "$pipeline" 2>/dev/null; } || break
+    sleep 0.1
+  done
+  exit 0
+}
 trap cleanup EXIT
-trap 'exit 0' INT TERM
+trap on_interrupt INT TERM
 
 if (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null; then
   echo "using the Kafka broker already listening on 127.0.0.1:$PORT"
 else
-  runner broker --port "$PORT" & pids+=($!)
+  # in a session of its own: Ctrl+C must not take the broker away before the runner's last checkpoint
+  setsid runner broker --port "$PORT" & broker=$!
   for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break; sleep 0.2; done
   sleep 1  # the broker creates its topics right after it starts listening
 fi
@@ -33,7 +44,7 @@ if [ ! -e state_store/fault_tolerant ]; then
     --start "$(date -u -d '-30 min' +%Y-%m-%dT%H:%M:%SZ)" >/dev/null
 fi
 # Then live clicks, 20 a second, 2% of them bad.
-runner generate --rate 20 --bad-ratio 0.02 --users 500 >/dev/null 2>&1 & pids+=($!)
+runner generate --rate 20 --bad-ratio 0.02 --users 500 >/dev/null 2>&1 & clicks=$!
 
-runner run "$PIPELINE" & pids+=($!)
-wait "${pids[-1]}"
+runner run "$PIPELINE" & pipeline=$!
+wait "$pipeline"
