@@ -163,7 +163,12 @@ class CountBy(CountDistinct):
         return merged
 
     def result(self, acc):
-        return {_text(value): count for value, count in acc.items()}
+        # "1" and 1 are two values with one key text: their counts add up
+        counts: dict[str, int] = {}
+        for value, count in acc.items():
+            text = _text(value)
+            counts[text] = counts.get(text, 0) + count
+        return counts
 
 
 class Top(CountBy):
