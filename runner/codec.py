@@ -101,6 +101,21 @@ def compact(value) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 
+_key_texts: dict[str, str] = {}
+
+
+def key_text(key) -> str:
+    """``compact(key)``, remembered for strings: stages need it for every event's key."""
+    if key.__class__ is str:
+        text = _key_texts.get(key)
+        if text is None:
+            if len(_key_texts) >= 100_000:
+                _key_texts.clear()
+            text = _key_texts[key] = compact(key)
+        return text
+    return "null" if key is None else compact(key)
+
+
 def dumps(value) -> bytes:
     """Fast JSON bytes for outputs (keys sorted, so records compare as text too)."""
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)

@@ -7,7 +7,7 @@ import time
 from runner import hookimpl
 from runner.aggregations import SKIP, Aggregations
 from runner.aggregations import schema as aggregations_schema
-from runner.codec import compact
+from runner.codec import compact, key_text
 from runner.components import Processor, ProcessingError, Stage
 from runner.display import render, template_schema
 from runner.outputs import result_id
@@ -106,7 +106,7 @@ class AggregateProcessor(Processor):
                 self.emit.dead_letter(ev.record, self.name, "processing", str(exc))
                 continue
             key = data.get(key_by) if key_by else None
-            kj = compact(key)
+            kj = key_text(key)
             entry = cache.get(kj)
             if entry is None:
                 entry = table.get(kj.encode()) or [key, aggs.new(), {}]

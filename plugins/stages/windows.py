@@ -13,7 +13,7 @@ import heapq
 from runner import hookimpl
 from runner.aggregations import Aggregations
 from runner.aggregations import schema as aggregations_schema
-from runner.codec import compact
+from runner.codec import compact, key_text
 from runner.components import ProcessingError, Processor, Stage
 from runner.display import render, template_schema
 from runner.outputs import result_id
@@ -71,20 +71,10 @@ class WindowProcessor(Processor):
     def __init__(self, stage, table, emit):
         super().__init__(stage, table, emit)
         self.late = table.get(LATE, 0)
-        self.key_texts: dict = {}
 
     def key_of(self, data):
         key = data.get(self.stage.key_by) if self.stage.key_by else None
-        if key is None:
-            return None, "null"
-        if key.__class__ is str:
-            text = self.key_texts.get(key)
-            if text is None:
-                if len(self.key_texts) > 100_000:
-                    self.key_texts.clear()
-                text = self.key_texts[key] = compact(key)
-            return key, text
-        return key, compact(key)
+        return key, key_text(key)
 
     def extract(self, ev):
         """The event's (values, key, key text), or None once it went to the DLQ as a
