@@ -531,8 +531,9 @@ def assert_matches(ref: Reference, outcome) -> None:
 # --- random click streams for property tests ------------------------------------------------------
 
 def strategies():
-    """``(streams, aggregations)``: hypothesis strategies of click-stream records (``streams(max_size,
-    slots)``) and of ``aggregations:`` mappings. Built on call: the reference needs no hypothesis."""
+    """``(streams, aggregations)``: hypothesis strategies of click-stream records
+    (``streams(max_size=30)``) and of ``aggregations:`` mappings. Built on call: the reference
+    itself needs no hypothesis."""
     from hypothesis import strategies as st
 
     T0s = (1795507200000, 0)  # 2026-11-24T08:00:00Z, and the epoch (no window starts before it)
@@ -567,7 +568,7 @@ def strategies():
 
     styles = st.sampled_from(["int", "float", "Z", "nofrac", "micro", "offset+", "offset-", "lower", "space"])
     maybe = lambda values: st.one_of(st.just(_ABSENT), st.none(), values)  # noqa: E731
-    tag_values = st.one_of(st.just(_ABSENT), st.none(), st.sampled_from(["a", "b", "c", 1, 1.0, 2, 2.5, True, False]),
+    tag_values = st.one_of(st.just(_ABSENT), st.none(), st.sampled_from(["a", "b", "c", "1", "true", 1, 1.0, 2, 2.5, True, False]),
                            st.just("a"), st.just(2))
     bad_tags = st.sampled_from([{"x": 1}, [1]])
     amounts = st.one_of(st.integers(-5, 20), st.floats(-5, 20, allow_nan=False, allow_infinity=False).map(lambda f: round(f, 3)))

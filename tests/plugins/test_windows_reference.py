@@ -91,32 +91,6 @@ def test_crashes_between_checkpoints_change_nothing(pipeline, records, data):
     reference.assert_matches(reference.expected(pipeline, records, drain=True), final)
 
 
-class Hung(Exception):
-    pass
-
-
-def test_driver_crash_inside_the_last_chunk_of_a_poll_crashes_instead_of_hanging(tmp_path):
-    """runner.testing: ``crash_after=N`` that falls inside the last every_events chunk of a
-    poll drops the rest of that chunk without crashing; the source has already read those
-    lines, so ``run`` polls for them forever."""
-    p = pipeline_of({"type": "tumbling_window", "name": "m", "size": "1m", "aggregations": {"n": "count"}}, every=5)
-    records = [click(i, T0 + i * 1000) for i in range(7)]
-    driver = Driver(p, tmp_path)
-
-    def give_up(signum, frame):
-        raise Hung("Driver.run(crash_after=6) over 7 records with every_events=5 did not return in 5 s")
-
-    previous = signal.signal(signal.SIGALRM, give_up)
-    signal.setitimer(signal.ITIMER_REAL, 5)
-    try:
-        out = driver.run(records, crash_after=6)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-    assert out.dump is None, "6 of 7 records and then a crash"
-    assert driver.run(drain=True).results[0]["n"] == 7
-
-
 # --- 3. --until-end leaves the open windows; --drain emits them -----------------------------------
 
 @PROPERTY
@@ -228,3 +202,31 @@ def test_until_end_emits_a_window_the_watermark_just_reached_and_keeps_the_next_
     out = driver.run(drain=True)
     assert sorted((r["window_start"][11:19], r["n"]) for r in out.results) == [
         ("07:59:30", 1), ("08:00:00", 1), ("08:01:00", 1), ("08:01:30", 1)]
+
+
+# --- runner.testing itself ------------------------------------------------------------------------
+
+class Hung(Exception):
+    pass
+
+
+def test_driver_crash_inside_the_last_chunk_of_a_poll_crashes_instead_of_hanging(tmp_path):
+    """runner.testing (fixed in 0606326): ``crash_after=N`` inside the last every_events chunk
+    of a poll dropped the rest of that chunk without crashing; the source had already read
+    those lines, so ``run`` polled for them forever."""
+    p = pipeline_of({"type": "tumbling_window", "name": "m", "size": "1m", "aggregations": {"n": "count"}}, every=5)
+    records = [click(i, T0 + i * 1000) for i in range(7)]
+    driver = Driver(p, tmp_path)
+
+    def give_up(signum, frame):
+        raise Hung("Driver.run(crash_after=6) over 7 records with every_events=5 did not return in 5 s")
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.setitimer(signal.ITIMER_REAL, 5)
+    try:
+        out = driver.run(records, crash_after=6)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert out.dump is None, "6 of 7 records and then a crash"
+    assert driver.run(drain=True).results[0]["n"] == 7
