@@ -18,6 +18,13 @@ RESERVED = frozenset({"id", "stage", "key", "window_start", "window_end", "durat
 SKIP = object()  # an absent or null value: skipped by every aggregation but count
 
 
+INF = float("inf")
+
+
+def _overflow(field: str):
+    raise ProcessingError(f"sum of field {field} overflows a double")
+
+
 def _not_a_number(field: str, value):
     raise ProcessingError(f"wrong type for field {field}: expected number, got {_kind(value)}")
 
@@ -72,6 +79,7 @@ class Aggregation:
                "if {v} is None: {v} = SKIP\n"
                "elif {v}.__class__ is not int and {v}.__class__ is not float: {v} = number({f}, {v})")
     ADD = "if {v} is not SKIP: accs[{i}] = add_{i}(accs[{i}], {v}, order)"
+    CHECK = ""  # what adding a value could break, checked for all before any is added
 
     def __init__(self, name: str, field: str | None, spec: dict | str):
         self.name, self.field, self.spec = name, field, spec
@@ -96,22 +104,30 @@ class Count(Aggregation):
 
 class Sum(Aggregation):
     ADD = "if {v} is not SKIP: accs[{i}] += {v}"
+    CHECK = "if {v} is not SKIP and abs(accs[{i}] + {v}) == INF: overflow({f})"
 
     def new(self):
         return 0
 
     def merge(self, a, b):
-        return a + b
+        total = a + b
+        if abs(total) == INF:
+            _overflow(self.field)
+        return total
 
 
 class Avg(Aggregation):
     ADD = "if {v} is not SKIP: a = accs[{i}]; accs[{i}] = (a[0] + {v}, a[1] + 1)"
+    CHECK = "if {v} is not SKIP and abs(accs[{i}][0] + {v}) == INF: overflow({f})"
 
     def new(self):
         return (0, 0)
 
     def merge(self, a, b):
-        return (a[0] + b[0], a[1] + b[1])
+        total = a[0] + b[0]
+        if abs(total) == INF:
+            _overflow(self.field)
+        return (total, a[1] + b[1])
 
     def result(self, acc):
         return acc[0] / acc[1] if acc[1] else None
@@ -303,24 +319,29 @@ class Aggregations:
                 self.items.append(KINDS[kind](name, item[kind], item))
         self.names = [agg.name for agg in self.items]
         self.needs_order = any(agg.needs_order for agg in self.items)
-        self.extract, self.add = self._compile()
+        # check(accs, values) raises ProcessingError where add would overflow, changing nothing:
+        # call it for every accumulator an event goes to before adding it to any
+        self.extract, self.add, self.check = self._compile()
 
     def _compile(self):
         """``extract(data) -> values`` (raises ProcessingError, changes nothing) and
         ``add(accs, values, order)``, generated for this list of aggregations."""
         names = [f"v{i}" for i in range(len(self.items))]
         extract = ["def extract(data):", "    get = data.get"]
-        add = ["def add(accs, values, order):", f"    {', '.join(names)}, = values"]
-        namespace = {"SKIP": SKIP, "number": _not_a_number, "scalar": _scalar}
+        unpack = f"    {', '.join(names)}, = values"
+        add = ["def add(accs, values, order):", unpack]
+        check = ["def check(accs, values):", unpack, "    pass"]
+        namespace = {"SKIP": SKIP, "INF": INF, "number": _not_a_number, "scalar": _scalar, "overflow": _overflow}
         for i, agg in enumerate(self.items):
             fields = {"v": names[i], "f": repr(agg.field), "i": i}
             extract += ["    " + line for line in agg.EXTRACT.format(**fields).splitlines()]
             add += ["    " + line for line in agg.ADD.format(**fields).splitlines()]
+            check += ["    " + line for line in agg.CHECK.format(**fields).splitlines()]
             if "add_" in agg.ADD:
                 namespace[f"add_{i}"] = agg.add
         extract.append(f"    return ({', '.join(names)},)")
-        exec("\n".join(extract) + "\n\n" + "\n".join(add), namespace)
-        return namespace["extract"], namespace["add"]
+        exec("\n\n".join("\n".join(lines) for lines in (extract, add, check)), namespace)
+        return namespace["extract"], namespace["add"], namespace["check"]
 
     def new(self) -> list:
         return [agg.new() for agg in self.items]

@@ -112,6 +112,11 @@ class AggregateProcessor(Processor):
                 entry = table.get(kj.encode()) or [key, aggs.new(), {}]
                 cache[kj] = entry
             accs = entry[1]
+            try:
+                aggs.check(accs, values)
+            except ProcessingError as exc:
+                self.emit.dead_letter(ev.record, self.name, "processing", str(exc))
+                continue
             aggs.add(accs, values, order)
             if stage.milestones:
                 self._milestones(entry, kj)

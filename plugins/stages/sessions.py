@@ -13,6 +13,7 @@ import heapq
 
 from runner import hookimpl
 from runner.codec import compact
+from runner.components import ProcessingError
 from runner.outputs import result_id
 from runner.schema import duration, obj
 from runner.times import duration_ms, format_ms
@@ -90,6 +91,17 @@ class SessionProcessor(WindowProcessor):
             sessions = entry[1]
             order = ev.order() if aggs.needs_order else None
             touching = [s for s in sessions if s[0] - gap <= t <= s[1] + gap]
+            try:
+                if len(touching) == 1:
+                    aggs.check(touching[0][2], values)
+                else:  # a new session, or one that bridges (merges) several: built aside first
+                    accs = aggs.new()
+                    aggs.add(accs, values, order)
+                    for s in touching:
+                        accs = aggs.merge(s[2], accs)
+            except ProcessingError as exc:
+                self.emit.dead_letter(ev.record, self.name, "processing", str(exc))
+                continue
             if len(touching) == 1:  # the common case: extend one session in place
                 session = touching[0]
                 aggs.add(session[2], values, order)
@@ -98,14 +110,10 @@ class SessionProcessor(WindowProcessor):
                 elif t > session[1]:
                     session[1] = t
                     heapq.heappush(self.due, (t + gap, kt, session[0]))
-            else:  # a new session, or one that bridges (merges) several
-                accs = aggs.new()
-                aggs.add(accs, values, order)
-                start, last = t, t
+            else:
+                start, last = min([t] + [s[0] for s in touching]), max([t] + [s[1] for s in touching])
                 for s in touching:
                     sessions.remove(s)
-                    start, last = min(start, s[0]), max(last, s[1])
-                    accs = aggs.merge(s[2], accs)
                 sessions.append([start, last, accs])
                 sessions.sort(key=lambda s: s[0])
                 heapq.heappush(self.due, (last + gap, kt, start))

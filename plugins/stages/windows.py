@@ -159,6 +159,13 @@ class TimeWindowProcessor(WindowProcessor):
                 continue
             values, key, kt = extracted
             order = ev.order() if aggs.needs_order else None
+            try:  # all of the event's windows, or none
+                for s in starts:
+                    if (s, kt) in windows:
+                        aggs.check(windows[(s, kt)][0][2], values)
+            except ProcessingError as exc:
+                self.emit.dead_letter(ev.record, self.name, "processing", str(exc))
+                continue
             for s in starts:
                 found = windows.get((s, kt))
                 if found is None:
