@@ -84,6 +84,8 @@ class Runner:
         # observer.on_first_event() once: for benchmarks, off the hot path when None
         self.observer = observer
         self._timestamps: list = []
+        self._advanced_to = None  # the watermark window stages last saw
+        self._next_recheck = 0.0  # bounded runs: when to look for lost input again
 
     # --- set up -------------------------------------------------------------------------
     def _open(self) -> None:
@@ -131,8 +133,6 @@ class Runner:
                 self.stages[0].context, self.stages[self.first_windowed].name,
                 duration_ms(et["grace"]), duration_ms(et["idle_timeout"]) if not self.bounded else 0,
                 self.store.meta("event_time", {}) or {}, self.store.meta("watermark", -math.inf))
-            for p, h in list(self.tracker.high.items()):
-                self.tracker.high[p] = -math.inf if h is None else h
             self.tracker.add_partitions(self.positions)
         self.checkpoint.redeliver(outbox)
         self._report_start(number, stored_offsets, len(outbox), (time.perf_counter() - started) * 1000)
@@ -207,7 +207,7 @@ class Runner:
     def _recheck_ends(self, now: float) -> None:
         """A bounded run with nothing to read: if the input present at start was lost (a
         partition's end went back below its stop offset), stop at the new end, never hang."""
-        if now < getattr(self, "_next_recheck", 0) or self._reached_end():
+        if now < self._next_recheck or self._reached_end():
             return
         self._next_recheck = now + 2.0
         try:
@@ -282,7 +282,7 @@ class Runner:
             self._advance(self.tracker.recompute())
 
     def _advance(self, watermark: float) -> None:
-        if watermark != getattr(self, "_advanced_to", None):
+        if watermark != self._advanced_to:
             self._advanced_to = watermark
             for proc in self.windowed:
                 proc.advance(watermark)

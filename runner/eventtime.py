@@ -23,7 +23,8 @@ class EventTime:
         self.stage = stage  # the first window stage: its name is on time errors
         self.grace = grace_ms
         self.idle_timeout = idle_timeout_ms / 1000
-        self.high = dict(highs)  # partition -> H_p (-inf before any event)
+        # partition -> H_p (-inf before any event; the state stores null for it)
+        self.high = {p: -INF if h is None else h for p, h in highs.items()}
         self.watermark = watermark
         self.idle: set[str] = set()
         self._last_seen: dict[str, float] = {}
