@@ -44,6 +44,8 @@ _PRODUCER = {
     "max_block_ms": CONNECT_TIMEOUT_S * 1000,
     "request_timeout_ms": 10000,
     "delivery_timeout_ms": 15000,  # every send is acknowledged or failed by then
+    # nor writing: a broker would make a missing topic with its default partition count
+    "allow_auto_create_topics": False,
 }
 
 
