@@ -8,6 +8,7 @@ the state dump. Accumulators are plain picklable values.
 from __future__ import annotations
 
 import json
+import pickle
 import struct
 from bisect import insort
 from typing import Any
@@ -197,49 +198,62 @@ _ORDER = struct.Struct(">qHiq")  # event time, topic index, partition, offset
 
 
 class Collect(Aggregation):
-    """Values in event order. The accumulator is [orders, topics, values]: the orders packed
-    into one bytearray (topics by index) because accumulators are pickled at every
-    checkpoint, and a long list of order tuples would make that cost grow with its length."""
+    """Values in event order. Accumulators are pickled at every checkpoint that changed them,
+    so a long collection must not cost its length each time: the accumulator is
+    [orders, topics, chunks, tail], the event orders packed into one bytearray (topics by
+    index), the values in pickled chunks of ``CHUNK`` that are never pickled again, and a
+    short tail of the latest values."""
 
+    CHUNK = 256
     needs_order = True
     EXTRACT = "{v} = get({f})\nif {v} is None: {v} = SKIP"
 
     def new(self):
-        return [bytearray(), [], []]
+        return [bytearray(), [], [], []]
 
     def add(self, acc, value, order):
-        blob, topics, values = acc
+        blob, topics, chunks, tail = acc
         time, topic, partition, offset = order
         try:
             index = topics.index(topic)
         except ValueError:
             topics.append(topic)
             index = len(topics) - 1
+        count = len(blob) // _ORDER.size
         limit = self.spec.get("limit")
-        if not values or _decode(topics, blob, len(values) - 1) < order:
-            if limit is None or len(values) < limit:
+        if not count or _decode(topics, blob, count - 1) < order:  # in order: append
+            if limit is None or count < limit:
                 blob += _ORDER.pack(time, index, partition, offset)
-                values.append(value)
+                tail.append(value)
+                if len(tail) == self.CHUNK:
+                    chunks.append(pickle.dumps(tail, pickle.HIGHEST_PROTOCOL))
+                    acc[3] = []
             return acc
         pairs = self._pairs(acc)
         insort(pairs, (order, value), key=lambda item: item[0])
         return self._pack(pairs[:limit] if limit else pairs)
 
     @staticmethod
-    def _pairs(acc) -> list:
-        blob, topics, values = acc
-        orders = [(t, topics[i], p, o) for t, i, p, o in _ORDER.iter_unpack(blob)]
-        return list(zip(orders, values))
+    def _values(acc) -> list:
+        return [value for chunk in acc[2] for value in pickle.loads(chunk)] + acc[3]
 
-    @staticmethod
-    def _pack(pairs) -> list:
+    @classmethod
+    def _pairs(cls, acc) -> list:
+        blob, topics = acc[0], acc[1]
+        orders = [(t, topics[i], p, o) for t, i, p, o in _ORDER.iter_unpack(blob)]
+        return list(zip(orders, cls._values(acc)))
+
+    @classmethod
+    def _pack(cls, pairs) -> list:
         blob, topics, values = bytearray(), [], []
         for (time, topic, partition, offset), value in pairs:
             if topic not in topics:
                 topics.append(topic)
             blob += _ORDER.pack(time, topics.index(topic), partition, offset)
             values.append(value)
-        return [blob, topics, values]
+        whole = len(values) - len(values) % cls.CHUNK
+        chunks = [pickle.dumps(values[i:i + cls.CHUNK], pickle.HIGHEST_PROTOCOL) for i in range(0, whole, cls.CHUNK)]
+        return [blob, topics, chunks, values[whole:]]
 
     def merge(self, a, b):
         merged = sorted(self._pairs(a) + self._pairs(b), key=lambda item: item[0])
@@ -247,7 +261,7 @@ class Collect(Aggregation):
         return self._pack(merged if limit is None else merged[:limit])
 
     def result(self, acc):
-        return list(acc[2])
+        return self._values(acc)
 
 
 def _decode(topics, blob, i) -> tuple:
