@@ -206,14 +206,18 @@ class Processor:
             try:
                 event = self.process_one(event)
             except ProcessingError as exc:
-                self.emit.dead_letter(event.record, self.name, "processing", str(exc))
+                self.fail(event, exc)
                 continue
             except Exception as exc:
-                self.emit.dead_letter(event.record, self.name, "processing", f"{type(exc).__name__}: {exc}")
+                self.fail(event, ProcessingError(f"{type(exc).__name__}: {exc}"))
                 continue
             if event is not None:
                 passed.append(event)
         return passed
+
+    def fail(self, event: Event, error: ProcessingError) -> None:
+        """Send ``event`` to the DLQ as this stage's processing error (it goes no further)."""
+        self.emit.dead_letter(event.record, self.name, "processing", str(error))
 
     def process_one(self, event: Event) -> Event | None:
         """Return the event (changed or not) to pass it on, None to drop it; raise

@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 from runner.components import RunnerError
-from runner.engine import build_stages, open_store
-from runner.state import LmdbStore, _take_lock
+from runner.engine import build_stages
+from runner.state import LmdbStore, take_lock
 from runner.times import format_ms, format_watermark
 
 NEVER_RAN = {"checkpoint": 0, "offsets": {}, "event_time": {}, "watermark": None, "stages": {}}
@@ -49,7 +49,7 @@ def reset_state(pipeline) -> bool:
     path = Path(pipeline.settings["state"]["path"])
     if not path.exists():
         return False
-    lock = _take_lock(path)  # raises RunnerError while a runner is using it
+    lock = take_lock(path)  # raises RunnerError while a runner is using it
     try:
         shutil.rmtree(path)
     finally:

@@ -143,7 +143,7 @@ class LmdbStore(Store):
             if not (self.path / "data.mdb").exists():
                 raise FileNotFoundError(self.path)
         else:
-            self._lock = _take_lock(self.path)
+            self._lock = take_lock(self.path)
         try:
             self._env = lmdb.open(
                 str(self.path), map_size=map_size, max_dbs=256, readonly=readonly,
@@ -246,7 +246,8 @@ class LmdbStore(Store):
             self._lock = None
 
 
-def _take_lock(path: Path):
+def take_lock(path: Path):
+    """Hold the state directory for this process, or raise RunnerError naming who holds it."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -103,7 +103,7 @@ class AggregateProcessor(Processor):
                     time_of(ev)
                 order = ev.order() if aggs.needs_order else None
             except ProcessingError as exc:
-                self.emit.dead_letter(ev.record, self.name, "processing", str(exc))
+                self.fail(ev, exc)
                 continue
             key = data.get(key_by) if key_by else None
             kj = key_text(key)
@@ -115,7 +115,7 @@ class AggregateProcessor(Processor):
             try:
                 aggs.check(accs, values)
             except ProcessingError as exc:
-                self.emit.dead_letter(ev.record, self.name, "processing", str(exc))
+                self.fail(ev, exc)
                 continue
             aggs.add(accs, values, order)
             if stage.milestones:

@@ -12,11 +12,9 @@ from __future__ import annotations
 import heapq
 
 from runner import hookimpl
-from runner.codec import compact
 from runner.components import ProcessingError
-from runner.outputs import result_id
 from runner.schema import duration, obj
-from runner.times import duration_ms, format_ms
+from runner.times import duration_ms
 from plugins.stages.windows import LATE, WindowProcessor, WindowStage, window_properties
 
 
@@ -44,14 +42,8 @@ class Session(WindowStage):
         result["duration_s"] = (end - start) / 1000
         return result
 
-    def open_result(self, value):
-        raise NotImplementedError  # a key's entry holds several sessions: see dump
-
-    def dump(self, table):
-        entries = [entry for k, entry in table.items() if k != LATE]
-        sessions = [self.result(key, start, last, accs) for key, items in entries for start, last, accs in items]
-        sessions.sort(key=lambda r: (compact(r["key"]), r["window_start"], r["window_end"]))
-        return {"late": table.get(LATE, 0), "open": sessions}
+    def open_results(self, entries):
+        return [self.result(key, start, last, accs) for key, sessions in entries for start, last, accs in sessions]
 
     def build(self, table, emit):
         return SessionProcessor(self, table, emit)
@@ -73,7 +65,7 @@ class SessionProcessor(WindowProcessor):
         heapq.heapify(self.due)
 
     def process(self, events):
-        stage, aggs, gap = self.stage, self.stage.aggregations, self.stage.gap
+        aggs, gap = self.stage.aggregations, self.stage.gap
         passed = []
         for ev in events:
             t = ev.time
@@ -100,7 +92,7 @@ class SessionProcessor(WindowProcessor):
                     for s in touching:
                         accs = aggs.merge(s[2], accs)
             except ProcessingError as exc:
-                self.emit.dead_letter(ev.record, self.name, "processing", str(exc))
+                self.fail(ev, exc)
                 continue
             if len(touching) == 1:  # the common case: extend one session in place
                 session = touching[0]

@@ -17,7 +17,7 @@ import jsonschema
 
 from runner import hookimpl
 from runner.components import Processor, Stage
-from runner.schema import duration, obj
+from runner.schema import obj
 from runner.times import InvalidTime, WrongTimeType, duration_ms, format_ms, parse_event_time
 
 DEFAULT_SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "click_event.schema.json"

@@ -59,8 +59,13 @@ class WindowStage(Stage):
         return {"key": key, "window_start": format_ms(start), "window_end": format_ms(end),
                 **self.aggregations.results(accs)}
 
+    def open_results(self, entries: list) -> list[dict]:
+        """The open windows held by the table's entries (all but the late counter)."""
+        raise NotImplementedError
+
     def dump(self, table):
-        open_windows = [self.open_result(value) for key, value in table.items() if key != LATE]
+        entries = [value for key, value in table.items() if key != LATE]
+        open_windows = self.open_results(entries)
         open_windows.sort(key=lambda r: (compact(r["key"]), r["window_start"], r["window_end"]))
         return {"late": table.get(LATE, 0), "open": open_windows}
 
@@ -83,7 +88,7 @@ class WindowProcessor(Processor):
             values = self.stage.aggregations.extract(ev.data)
             key, kt = self.key_of(ev.data)
         except ProcessingError as exc:
-            self.emit.dead_letter(ev.record, self.name, "processing", str(exc))
+            self.fail(ev, exc)
             return None
         return values, key, kt
 
@@ -116,9 +121,8 @@ class TimeWindow(WindowStage):
     def params(self):
         return {"size_ms": self.size, "advance_ms": self.advance}
 
-    def open_result(self, value):
-        key, start, accs = value
-        return self.result(key, start, start + self.size, accs)
+    def open_results(self, entries):
+        return [self.result(key, start, start + self.size, accs) for key, start, accs in entries]
 
     def build(self, table, emit):
         return TimeWindowProcessor(self, table, emit)
@@ -164,7 +168,7 @@ class TimeWindowProcessor(WindowProcessor):
                     if (s, kt) in windows:
                         aggs.check(windows[(s, kt)][0][2], values)
             except ProcessingError as exc:
-                self.emit.dead_letter(ev.record, self.name, "processing", str(exc))
+                self.fail(ev, exc)
                 continue
             for s in starts:
                 found = windows.get((s, kt))
