@@ -34,7 +34,11 @@ class Checkpoint:
         self.log = log
         self.sink_states: dict = {}
         self.unconfirmed: list[tuple[int, Output]] = []  # handed to sinks, not yet flushed
-        self.last_ms = 0.0
+        self.last_ms = 0.0  # the processing thread's time in the last commit
+        # (number, outputs, ms, note) of the checkpoint being written: handed to sinks once on disk
+        self.writing: tuple[int, list[tuple[int, Output]], float, object] | None = None
+        # on_durable(number, ms, note) once a checkpoint is on disk, if set (ms: its last_ms)
+        self.on_durable = None
         self.in_sink = False  # waiting on a sink: a stop must interrupt it (see Runner._on_signal)
         self.confirmed_at = time.monotonic()
 
@@ -42,33 +46,50 @@ class Checkpoint:
         """On start: hand every output of the restored outbox to its sinks again."""
         self._deliver([(seq, Output.from_tuple(item)) for seq, item in outbox])
 
-    def commit(self, outputs: list[Output], meta: dict, confirm: bool = False) -> None:
-        """Commit everything since the last checkpoint, then deliver its outputs.
+    def commit(self, outputs: list[Output], meta: dict, confirm: bool = False, note=None) -> None:
+        """Commit everything since the last checkpoint; its outputs are delivered once it is on disk.
 
+        0. Wait for the previous checkpoint to be on disk and hand its outputs to their sinks.
         1. Confirm the outputs handed to sinks after earlier checkpoints, when ``confirm``
            or once a second (a flush waits on every sink, so not at every checkpoint):
            flush every sink (retrying with backoff while one fails). Each sink's state joins
            this checkpoint, and the confirmed outputs leave the outbox in it. Until then
            they stay in the outbox, to be delivered again after a crash.
         2. Number the new outputs into the outbox.
-        3. Write, in one transaction: every table's changes, ``meta`` (offsets, event time,
-           watermark), sink states, the checkpoint number and the outbox changes.
-        4. The store syncs the transaction to disk: only now is any of it committed.
-        5. Hand the new outputs to their sinks; step 1 of the next checkpoint confirms them.
+        3. Capture, for one transaction: every table's changes, ``meta`` (offsets, event
+           time, watermark), sink states, the checkpoint number and the outbox changes.
+        4. The store writes and syncs the transaction while processing goes on: only once
+           it is on disk is any of it committed (``settle``).
+        5. ``settle`` hands the new outputs to their sinks; step 1 of a later checkpoint
+           confirms them.
         """
+        started = time.perf_counter()  # last_ms: what the checkpoint costs the processing thread
+        # 0. the previous checkpoint on disk, its outputs delivered
+        self.settle()
         # 1. confirm earlier deliveries
         confirmed = self._confirm() if confirm or self.pending() else []
-        started = time.perf_counter()  # last_ms: the cost of the transaction itself
         # 2. number new outputs
         added = [(self.next_seq + i, out) for i, out in enumerate(outputs)]
         self.next_seq += len(added)
-        # 3 + 4. one synced transaction
+        # 3 + 4. one synced transaction, written beside the processing
         self.number += 1
         meta = dict(meta, checkpoint=self.number, sinks=self.sink_states)
         self.store.commit(meta, [(seq, out.to_tuple()) for seq, out in added], confirmed)
         self.last_ms = (time.perf_counter() - started) * 1000
-        # 5. deliver after commit
+        self.writing = (self.number, added, self.last_ms, note)
+
+    def settle(self, wait: bool = True) -> bool:
+        """5. Once the checkpoint being written is on disk, hand its outputs to their sinks.
+        False while it is still being written and ``wait`` is false."""
+        if self.writing is None:
+            return True
+        if not self.store.committed(wait):
+            return False
+        (number, added, ms, note), self.writing = self.writing, None
+        if self.on_durable is not None:
+            self.on_durable(number, ms, note)
         self._deliver(added)
+        return True
 
     def pending(self) -> bool:
         """Outputs wait for a confirmation that is due."""

@@ -80,8 +80,9 @@ class Runner:
         self.stop_requested = False
         self._pkeys: dict = {}
         self.processed = 0
-        # observer.on_checkpoint(number, commit_ms, record_timestamps) after every commit,
-        # observer.on_first_event() once: for benchmarks, off the hot path when None
+        # observer.on_checkpoint(number, commit_ms, write, record_timestamps) once each checkpoint
+        # is on disk (write: the store's last_write), observer.on_first_event() once: for
+        # benchmarks, off the hot path when None
         self.observer = observer
         self._timestamps: list = []
         self._advanced_to = None  # the watermark window stages last saw
@@ -121,6 +122,8 @@ class Runner:
         self.checkpoint = Checkpoint(self.store, self.sinks, tuple(d["name"] for d in s["sinks"]), number,
                                      next_seq, should_stop=lambda: self.stop_requested, log=self.log)
         self.checkpoint.sink_states = dict(sink_states)
+        if self.observer is not None:
+            self.checkpoint.on_durable = self._durable
 
         stored_offsets = self.store.meta("offsets", {}) or {}
         self.positions = dict(self.source.open(dict(stored_offsets)))
@@ -185,6 +188,7 @@ class Runner:
         while not self.stop_requested and not self._reached_end():
             timeout = 0.1 if self.every_s == 0 else min(0.1, self.every_s)
             records = self.source.poll(timeout)
+            self.checkpoint.settle(wait=not records)  # outputs of a checkpoint on disk go out now
             if records:
                 self._consume(records)
             for partition, (position, end) in self.source.lost().items():
@@ -301,19 +305,22 @@ class Runner:
         else:
             meta["event_time"] = {p: None for p in self.positions}
             meta["watermark"] = -math.inf
-        self.checkpoint.commit(self.emit.take(), meta, confirm)
-        if self.observer is not None:
-            self.observer.on_checkpoint(self.checkpoint.number, self.checkpoint.last_ms, self._timestamps)
-            self._timestamps = []
+        self.checkpoint.commit(self.emit.take(), meta, confirm, note=self._timestamps)
+        self._timestamps = []
         self.uncommitted = 0
         self.dirty_since = None
+
+    def _durable(self, number: int, commit_ms: float, timestamps: list) -> None:
+        self.observer.on_checkpoint(number, commit_ms, self.store.last_write, timestamps)
 
     def _finish(self) -> None:
         if self.drain and self.tracker is not None and self._reached_end():
             self._advance(self.tracker.drain())
         self._commit()
+        self.checkpoint.settle()
         if self.checkpoint.unconfirmed_count():  # confirm the last deliveries: the outbox is left empty
             self._commit(confirm=True)
+            self.checkpoint.settle()
         self._display()
 
     def _display(self) -> None:

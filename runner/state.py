@@ -4,6 +4,10 @@ Stages read through a ``Table``: the changes made since the last checkpoint are 
 memory and written by the next checkpoint's single transaction (``Store.commit``), together
 with offsets and outbox; everything else is read from the store on demand, so a restart
 loads nothing up front.
+
+LMDB writes and syncs that transaction on a thread of its own while processing goes on
+(the sync releases the interpreter lock): ``Store.committed`` tells when it is on disk,
+and nothing of a checkpoint may leave the process before it says so.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import fcntl
 import os
 import pickle
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -36,11 +42,15 @@ class Table:
         self._store = store
         self.name = name
         self.dirty: dict[bytes, Any] = {}
+        # the changes of a checkpoint still being written: the store's read snapshot predates them
+        self.committing: dict[bytes, Any] = {}
 
     def get(self, key: bytes, default=None):
         value = self.dirty.get(key, _MISSING)
         if value is _MISSING:
-            return self._store.read(self.name, key, default)
+            value = self.committing.get(key, _MISSING)
+            if value is _MISSING:
+                return self._store.read(self.name, key, default)
         return default if value is _DELETED else value
 
     def put(self, key: bytes, value) -> None:
@@ -53,11 +63,12 @@ class Table:
     def items(self) -> Iterator[tuple[bytes, Any]]:
         """Every (key, value), in key order, uncommitted changes included."""
         committed = dict(self._store.scan(self.name))
-        for key, value in self.dirty.items():
-            if value is _DELETED:
-                committed.pop(key, None)
-            else:
-                committed[key] = value
+        for changes in (self.committing, self.dirty):
+            for key, value in changes.items():
+                if value is _DELETED:
+                    committed.pop(key, None)
+                else:
+                    committed[key] = value
         return iter(sorted(committed.items()))
 
     def changes(self) -> Iterator[tuple[bytes, Any]]:
@@ -69,6 +80,7 @@ class Store:
     """Where a pipeline's state lives. ``commit`` is the only way anything reaches it."""
 
     persistent = True
+    last_write: tuple[float, float] | None = None  # see LmdbStore
 
     def __init__(self):
         self.tables: dict[str, Table] = {}
@@ -83,12 +95,17 @@ class Store:
     def scan(self, table: str) -> Iterator[tuple[bytes, Any]]: ...
     def meta(self, key: str, default=None): ...
     def outbox(self) -> list[tuple[int, Any]]: ...
-    def commit(self, meta: dict[str, Any], outbox_add: list[tuple[int, Any]], outbox_remove: list[int]) -> None: ...
-    def close(self) -> None: ...
+    def commit(self, meta: dict[str, Any], outbox_add: list[tuple[int, Any]], outbox_remove: list[int]) -> None:
+        """Start one checkpoint's transaction: every table's changes, ``meta``, the outbox changes.
+        Returns once they are captured (later changes are the next checkpoint's); the
+        transaction is on disk when ``committed`` says so."""
 
-    def _written(self) -> None:
-        for table in self.tables.values():
-            table.dirty.clear()
+    def committed(self, wait: bool = True) -> bool:
+        """True once the last ``commit`` is on disk, waiting for it when ``wait``; raises what
+        writing it raised."""
+        return True
+
+    def close(self) -> None: ...
 
 
 class MemoryStore(Store):
@@ -126,7 +143,8 @@ class MemoryStore(Store):
         for seq in outbox_remove:
             self._outbox.pop(seq, None)
         self._outbox.update(outbox_add)
-        self._written()
+        for table in self.tables.values():
+            table.dirty.clear()
 
 
 class LmdbStore(Store):
@@ -156,6 +174,10 @@ class LmdbStore(Store):
         self._db(_META)
         self._db(_OUTBOX)
         self._rtxn = self._env.begin(buffers=False)
+        # every write transaction runs on this one thread: LMDB ties a writer to its thread
+        self._writer = None if readonly else ThreadPoolExecutor(1, thread_name_prefix="runner-lmdb-commit")
+        self._writing: tuple[Future, list] | None = None  # the commit in flight and its writes
+        self.last_write = None  # the last commit's (ms writing it, time.time() once synced)
 
     def _db(self, name: str):
         db = self._dbs.get(name)
@@ -195,35 +217,47 @@ class LmdbStore(Store):
         return [(int.from_bytes(k, "big"), pickle.loads(v)) for k, v in cursor.iternext()]
 
     def commit(self, meta, outbox_add, outbox_remove):
-        """One write transaction; LMDB syncs it to disk before ``commit`` returns."""
-        while True:
-            try:
-                self._write(meta, outbox_add, outbox_remove)
-                break
-            except lmdb.MapFullError:
-                self._grow()
-        self._rtxn.abort()
-        self._rtxn = self._env.begin(buffers=False)
-        self._written()
+        """Serialize the checkpoint here (values may change as soon as this returns), then
+        write it in one transaction, synced before it commits, on the writer thread."""
+        self.committed(wait=True)  # one checkpoint in flight at a time, in order
+        writes = []
+        for name, table in self.tables.items():
+            db = self._db("t:" + name)  # opened here: never while another transaction opens one
+            writes += [(db, key, None if value is _DELETED else _dumps(value)) for key, value in table.dirty.items()]
+            table.committing, table.dirty = table.dirty, {}
+        meta_db, outbox_db = self._dbs[_META], self._dbs[_OUTBOX]
+        writes += [(meta_db, key.encode(), _dumps(value)) for key, value in meta.items()]
+        writes += [(outbox_db, seq.to_bytes(8, "big"), None) for seq in outbox_remove]
+        writes += [(outbox_db, seq.to_bytes(8, "big"), _dumps(item)) for seq, item in outbox_add]
+        self._writing = (self._writer.submit(self._write, writes), writes)
 
-    def _write(self, meta, outbox_add, outbox_remove):
-        dbs = {name: self._db("t:" + name) for name in self.tables}
+    def committed(self, wait=True):
+        while self._writing is not None:
+            future, writes = self._writing
+            if not wait and not future.done():
+                return False
+            try:
+                self.last_write = future.result()
+            except lmdb.MapFullError:
+                self._grow()  # nothing was written: write it all again into the larger map
+                self._writing = (self._writer.submit(self._write, writes), writes)
+                continue
+            self._writing = None
+            self._rtxn.abort()
+            self._rtxn = self._env.begin(buffers=False)
+            for table in self.tables.values():
+                table.committing = {}
+        return True
+
+    def _write(self, writes) -> tuple[float, float]:
+        started = time.perf_counter()
         with self._env.begin(write=True) as txn:
-            for name, table in self.tables.items():
-                db = dbs[name]
-                for key, value in table.changes():
-                    if value is None:
-                        txn.delete(key, db=db)
-                    else:
-                        txn.put(key, _dumps(value), db=db)
-            meta_db = self._dbs[_META]
-            for key, value in meta.items():
-                txn.put(key.encode(), _dumps(value), db=meta_db)
-            outbox_db = self._dbs[_OUTBOX]
-            for seq in outbox_remove:
-                txn.delete(seq.to_bytes(8, "big"), db=outbox_db)
-            for seq, item in outbox_add:
-                txn.put(seq.to_bytes(8, "big"), _dumps(item), db=outbox_db)
+            for db, key, value in writes:
+                if value is None:
+                    txn.delete(key, db=db)
+                else:
+                    txn.put(key, value, db=db)
+        return (time.perf_counter() - started) * 1000, time.time()
 
     def _grow(self):
         # set_mapsize needs no transaction of ours open.
@@ -237,6 +271,16 @@ class LmdbStore(Store):
         return (info["last_pgno"] + 1) * stat["psize"]
 
     def close(self):
+        try:
+            if self._writer is not None:
+                self.committed(wait=True)  # never close the environment under a writing thread
+        finally:
+            self._release()
+
+    def _release(self):
+        if self._writer is not None:
+            self._writer.shutdown()
+            self._writer = None
         if self._env is not None:
             self._rtxn.abort()
             self._env.close()

@@ -17,6 +17,7 @@ from runner import cli
 from runner.checkpoint import Checkpoint
 from runner.components import Context, Record, RunnerError
 from runner.outputs import Emitter, Output
+from runner.state import MemoryStore
 
 UTC = dt.timezone.utc
 
@@ -248,19 +249,21 @@ def test_a_flush_on_a_killed_connection_raises_then_recover_and_redelivery_write
     assert sorted(got) == sorted(out.id for out in confirmed + unconfirmed)
 
 
-class FakeStore:
-    """What ``Checkpoint`` needs of a store: the ids each commit takes out of the outbox."""
+class RecordingStore(MemoryStore):
+    """A memory store that keeps the ids each commit takes out of the outbox."""
 
     def __init__(self):
+        super().__init__()
         self.confirmed: list[int] = []
 
     def commit(self, meta, added, confirmed):
+        super().commit(meta, added, confirmed)
         self.confirmed += confirmed
 
 
 def test_the_runner_retries_a_lost_connection_until_every_output_is_in_once(postgres_dsn, pg_table):
     sink = make_sink(postgres_dsn, pg_table)
-    store, log = FakeStore(), []
+    store, log = RecordingStore(), []
     checkpoint = Checkpoint(store, {"out": sink}, ("out",), 0, 0, log=lambda *a, **k: log.append(" ".join(a)))
     try:
         checkpoint.commit(results(range(10)), {})  # committed, then handed to the sink
