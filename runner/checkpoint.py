@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 
 from runner.outputs import Output
 from runner.state import Store
@@ -35,9 +36,10 @@ class Checkpoint:
         self.sink_states: dict = {}
         self.unconfirmed: list[tuple[int, Output]] = []  # handed to sinks, not yet flushed
         self.last_ms = 0.0  # the processing thread's time in the last commit
-        # (number, outputs, ms, note) of the checkpoint being written: handed to sinks once on disk
-        self.writing: tuple[int, list[tuple[int, Output]], float, object] | None = None
-        # on_durable(number, ms, note) once a checkpoint is on disk, if set (ms: its last_ms)
+        # (number, outputs, ms, note) of each checkpoint being written: handed to sinks once on disk
+        self.writing: deque[tuple[int, list[tuple[int, Output]], float, object]] = deque()
+        # on_durable(number, ms, write, note) once a checkpoint is on disk, if set (ms: its
+        # last_ms; write: (ms writing it, time.time() synced) or None where commit wrote it)
         self.on_durable = None
         self.in_sink = False  # waiting on a sink: a stop must interrupt it (see Runner._on_signal)
         self.confirmed_at = time.monotonic()
@@ -49,7 +51,7 @@ class Checkpoint:
     def commit(self, outputs: list[Output], meta: dict, confirm: bool = False, note=None) -> None:
         """Commit everything since the last checkpoint; its outputs are delivered once it is on disk.
 
-        0. Wait for the previous checkpoint to be on disk and hand its outputs to their sinks.
+        0. Hand the outputs of earlier checkpoints now on disk to their sinks.
         1. Confirm the outputs handed to sinks after earlier checkpoints, when ``confirm``
            or once a second (a flush waits on every sink, so not at every checkpoint):
            flush every sink (retrying with backoff while one fails). Each sink's state joins
@@ -58,14 +60,14 @@ class Checkpoint:
         2. Number the new outputs into the outbox.
         3. Capture, for one transaction: every table's changes, ``meta`` (offsets, event
            time, watermark), sink states, the checkpoint number and the outbox changes.
-        4. The store writes and syncs the transaction while processing goes on: only once
-           it is on disk is any of it committed (``settle``).
+        4. The store writes and syncs the transaction while processing goes on (waiting
+           only while two are in flight): once it is on disk, all of it is committed.
         5. ``settle`` hands the new outputs to their sinks; step 1 of a later checkpoint
            confirms them.
         """
         started = time.perf_counter()  # last_ms: what the checkpoint costs the processing thread
-        # 0. the previous checkpoint on disk, its outputs delivered
-        self.settle()
+        # 0. outputs of checkpoints on disk delivered
+        self.settle(wait=False)
         # 1. confirm earlier deliveries
         confirmed = self._confirm() if confirm or self.pending() else []
         # 2. number new outputs
@@ -76,20 +78,20 @@ class Checkpoint:
         meta = dict(meta, checkpoint=self.number, sinks=self.sink_states)
         self.store.commit(meta, [(seq, out.to_tuple()) for seq, out in added], confirmed)
         self.last_ms = (time.perf_counter() - started) * 1000
-        self.writing = (self.number, added, self.last_ms, note)
+        self.writing.append((self.number, added, self.last_ms, note))
 
     def settle(self, wait: bool = True) -> bool:
-        """5. Once the checkpoint being written is on disk, hand its outputs to their sinks.
-        False while it is still being written and ``wait`` is false."""
-        if self.writing is None:
-            return True
-        if not self.store.committed(wait):
-            return False
-        (number, added, ms, note), self.writing = self.writing, None
-        if self.on_durable is not None:
-            self.on_durable(number, ms, note)
-        self._deliver(added)
-        return True
+        """5. Hand the outputs of every checkpoint now on disk to their sinks, in order;
+        with ``wait``, once all are. False while some are still being written."""
+        on_disk = len(self.writing) - self.store.in_flight(wait)
+        written = self.store.written
+        for _ in range(on_disk):
+            number, added, ms, note = self.writing.popleft()
+            write = written.popleft() if written else None
+            if self.on_durable is not None:
+                self.on_durable(number, ms, write, note)
+            self._deliver(added)
+        return not self.writing
 
     def pending(self) -> bool:
         """Outputs wait for a confirmation that is due."""

@@ -81,7 +81,7 @@ class Runner:
         self._pkeys: dict = {}
         self.processed = 0
         # observer.on_checkpoint(number, commit_ms, write, record_timestamps) once each checkpoint
-        # is on disk (write: the store's last_write), observer.on_first_event() once: for
+        # is on disk (see Checkpoint.on_durable), observer.on_first_event() once: for
         # benchmarks, off the hot path when None
         self.observer = observer
         self._timestamps: list = []
@@ -310,8 +310,8 @@ class Runner:
         self.uncommitted = 0
         self.dirty_since = None
 
-    def _durable(self, number: int, commit_ms: float, timestamps: list) -> None:
-        self.observer.on_checkpoint(number, commit_ms, self.store.last_write, timestamps)
+    def _durable(self, number: int, commit_ms: float, write, timestamps: list) -> None:
+        self.observer.on_checkpoint(number, commit_ms, write, timestamps)
 
     def _finish(self) -> None:
         if self.drain and self.tracker is not None and self._reached_end():

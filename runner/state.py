@@ -6,8 +6,9 @@ with offsets and outbox; everything else is read from the store on demand, so a 
 loads nothing up front.
 
 LMDB writes and syncs that transaction on a thread of its own while processing goes on
-(the sync releases the interpreter lock): ``Store.committed`` tells when it is on disk,
-and nothing of a checkpoint may leave the process before it says so.
+(the sync releases the interpreter lock), at most two checkpoints in flight and always in
+order: ``Store.in_flight`` tells how many are not on disk yet, and nothing of a checkpoint
+may leave the process before it is.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from __future__ import annotations
 import fcntl
 import os
 import pickle
+import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,6 +28,7 @@ import lmdb
 from runner.components import RunnerError
 
 FORMAT = b"runner-state/1"
+MAX_IN_FLIGHT = 2  # checkpoints being written at once: the processing thread waits for no sync
 _DELETED = object()
 _MISSING = object()
 _OUTBOX = "outbox"
@@ -42,14 +46,18 @@ class Table:
         self._store = store
         self.name = name
         self.dirty: dict[bytes, Any] = {}
-        # the changes of a checkpoint still being written: the store's read snapshot predates them
-        self.committing: dict[bytes, Any] = {}
+        # the changes of checkpoints still being written, oldest first: the store's read
+        # snapshot predates them
+        self.committing: list[dict[bytes, Any]] = []
 
     def get(self, key: bytes, default=None):
         value = self.dirty.get(key, _MISSING)
         if value is _MISSING:
-            value = self.committing.get(key, _MISSING)
-            if value is _MISSING:
+            for changes in reversed(self.committing):
+                value = changes.get(key, _MISSING)
+                if value is not _MISSING:
+                    break
+            else:
                 return self._store.read(self.name, key, default)
         return default if value is _DELETED else value
 
@@ -63,7 +71,7 @@ class Table:
     def items(self) -> Iterator[tuple[bytes, Any]]:
         """Every (key, value), in key order, uncommitted changes included."""
         committed = dict(self._store.scan(self.name))
-        for changes in (self.committing, self.dirty):
+        for changes in (*self.committing, self.dirty):
             for key, value in changes.items():
                 if value is _DELETED:
                     committed.pop(key, None)
@@ -80,14 +88,18 @@ class Store:
     """Where a pipeline's state lives. ``commit`` is the only way anything reaches it."""
 
     persistent = True
-    last_write: tuple[float, float] | None = None  # see LmdbStore
 
     def __init__(self):
         self.tables: dict[str, Table] = {}
+        # per commit written beside processing, once on disk: (ms writing it, time.time() synced);
+        # a store that writes within ``commit`` leaves it empty
+        self.written: deque[tuple[float, float]] = deque()
 
     def table(self, name: str) -> Table:
         if name not in self.tables:
-            self.tables[name] = Table(self, name)
+            table = Table(self, name)
+            table.committing = [{} for _ in range(self.in_flight())]  # one per commit in flight
+            self.tables[name] = table
         return self.tables[name]
 
     # --- implemented by backends ---
@@ -100,10 +112,10 @@ class Store:
         Returns once they are captured (later changes are the next checkpoint's); the
         transaction is on disk when ``committed`` says so."""
 
-    def committed(self, wait: bool = True) -> bool:
-        """True once the last ``commit`` is on disk, waiting for it when ``wait``; raises what
-        writing it raised."""
-        return True
+    def in_flight(self, wait: bool = False) -> int:
+        """How many commits are not on disk yet (none once ``wait`` has waited for them all);
+        raises what writing one raised."""
+        return 0
 
     def close(self) -> None: ...
 
@@ -176,8 +188,8 @@ class LmdbStore(Store):
         self._rtxn = self._env.begin(buffers=False)
         # every write transaction runs on this one thread: LMDB ties a writer to its thread
         self._writer = None if readonly else ThreadPoolExecutor(1, thread_name_prefix="runner-lmdb-commit")
-        self._writing: tuple[Future, list] | None = None  # the commit in flight and its writes
-        self.last_write = None  # the last commit's (ms writing it, time.time() once synced)
+        self._writing: deque[tuple[Future, list]] = deque()  # commits in flight and their writes, in order
+        self._failed = False  # set by the writer when a write fails: it refuses later ones
 
     def _db(self, name: str):
         db = self._dbs.get(name)
@@ -219,44 +231,82 @@ class LmdbStore(Store):
     def commit(self, meta, outbox_add, outbox_remove):
         """Serialize the checkpoint here (values may change as soon as this returns), then
         write it in one transaction, synced before it commits, on the writer thread."""
-        self.committed(wait=True)  # one checkpoint in flight at a time, in order
+        while self.in_flight() >= MAX_IN_FLIGHT:
+            self._collect()
         writes = []
         for name, table in self.tables.items():
             db = self._db("t:" + name)  # opened here: never while another transaction opens one
             writes += [(db, key, None if value is _DELETED else _dumps(value)) for key, value in table.dirty.items()]
-            table.committing, table.dirty = table.dirty, {}
+            table.committing.append(table.dirty)
+            table.dirty = {}
         meta_db, outbox_db = self._dbs[_META], self._dbs[_OUTBOX]
         writes += [(meta_db, key.encode(), _dumps(value)) for key, value in meta.items()]
         writes += [(outbox_db, seq.to_bytes(8, "big"), None) for seq in outbox_remove]
         writes += [(outbox_db, seq.to_bytes(8, "big"), _dumps(item)) for seq, item in outbox_add]
-        self._writing = (self._writer.submit(self._write, writes), writes)
+        self._submit(writes)
 
-    def committed(self, wait=True):
-        while self._writing is not None:
-            future, writes = self._writing
-            if not wait and not future.done():
-                return False
-            try:
-                self.last_write = future.result()
-            except lmdb.MapFullError:
-                self._grow()  # nothing was written: write it all again into the larger map
-                self._writing = (self._writer.submit(self._write, writes), writes)
-                continue
-            self._writing = None
-            self._rtxn.abort()
-            self._rtxn = self._env.begin(buffers=False)
-            for table in self.tables.values():
-                table.committing = {}
-        return True
+    def _submit(self, writes) -> None:
+        """Hand ``writes`` to the writer thread and wait until it syncs them, with the
+        interpreter lock released: left to take the lock on its own, the writer would wait
+        for this thread's switch interval (5 ms) to start, longer than 100 events take."""
+        syncing = threading.Event()
+        self._writing.append((self._writer.submit(self._write, writes, syncing), writes))
+        syncing.wait()
 
-    def _write(self, writes) -> tuple[float, float]:
+    def in_flight(self, wait=False):
+        while self._writing and (wait or self._writing[0][0].done()):
+            self._collect()
+        return len(self._writing)
+
+    def _collect(self) -> None:
+        """The oldest commit in flight, once on disk: read what it wrote from now on."""
+        future, _ = self._writing[0]
+        try:
+            self.written.append(future.result())
+        except lmdb.MapFullError:
+            self._rewrite()
+            return
+        self._writing.popleft()
+        self._rtxn.abort()
+        self._rtxn = self._env.begin(buffers=False)
+        for table in self.tables.values():
+            del table.committing[0]
+
+    def _rewrite(self) -> None:
+        """A write found the map full, so nothing of it was written and the writer refused
+        the later ones: grow the map and write them all again, in order."""
+        for future, _ in self._writing:
+            future.exception()  # waits; each failed
+        pending = [writes for _, writes in self._writing]
+        self._writing.clear()
+        self._failed = False
+        self._grow()
+        for writes in pending:
+            self._submit(writes)
+
+    def _write(self, writes, syncing: threading.Event) -> tuple[float, float]:
+        """On the writer thread: one transaction; none after one that failed."""
         started = time.perf_counter()
-        with self._env.begin(write=True) as txn:
-            for db, key, value in writes:
-                if value is None:
-                    txn.delete(key, db=db)
-                else:
-                    txn.put(key, value, db=db)
+        try:
+            try:
+                if self._failed:
+                    raise RunnerError("an earlier checkpoint could not be written")
+                txn = self._env.begin(write=True)
+                try:
+                    for db, key, value in writes:
+                        if value is None:
+                            txn.delete(key, db=db)
+                        else:
+                            txn.put(key, value, db=db)
+                except BaseException:
+                    txn.abort()
+                    raise
+            finally:
+                syncing.set()
+            txn.commit()  # the sync, with the interpreter lock released
+        except BaseException:
+            self._failed = True
+            raise
         return (time.perf_counter() - started) * 1000, time.time()
 
     def _grow(self):
@@ -273,7 +323,7 @@ class LmdbStore(Store):
     def close(self):
         try:
             if self._writer is not None:
-                self.committed(wait=True)  # never close the environment under a writing thread
+                self.in_flight(wait=True)  # never close the environment under a writing thread
         finally:
             self._release()
 

@@ -19,6 +19,7 @@ _RFC3339 = re.compile(
 )
 _EPOCH = _dt.datetime(1970, 1, 1)
 _day_cache: dict[str, int] = {}
+_minute_cache: dict[str, int] = {}  # "2026-11-24T08:00:" -> its epoch ms, from texts the pattern matched
 
 
 def duration_ms(value) -> int:
@@ -68,6 +69,13 @@ def parse_event_time(value) -> int:
 
 
 def _parse_rfc3339(text: str) -> int:
+    # the usual form, 2026-11-24T08:00:00.000Z: its minute is looked up, seconds and ms read off
+    if len(text) == 24:
+        minute = _minute_cache.get(text[:17])
+        if minute is not None and text[19] == "." and text[23] == "Z":
+            seconds, ms = text[17:19], text[20:23]
+            if seconds.isascii() and seconds.isdigit() and ms.isascii() and ms.isdigit() and seconds < "60":
+                return minute + int(seconds) * 1000 + int(ms)
     match = _RFC3339.fullmatch(text)
     if not match:
         if text.isascii() and text.isdigit():
@@ -87,6 +95,8 @@ def _parse_rfc3339(text: str) -> int:
     if h > 23 or m > 59 or s > 59:
         raise InvalidTime(f"{text!r} has no such time of day")
     ms = ((days * 24 + h) * 60 + m) * 60_000 + s * 1000
+    if len(text) == 24 and zulu == "Z" and len(_minute_cache) < 100_000:
+        _minute_cache[text[:17]] = ms - s * 1000
     if frac:
         ms += int((frac + "00")[:3])
     if not zulu:
