@@ -110,7 +110,7 @@ class Store:
     def commit(self, meta: dict[str, Any], outbox_add: list[tuple[int, Any]], outbox_remove: list[int]) -> None:
         """Start one checkpoint's transaction: every table's changes, ``meta``, the outbox changes.
         Returns once they are captured (later changes are the next checkpoint's); the
-        transaction is on disk when ``committed`` says so."""
+        transaction is on disk once ``in_flight`` no longer counts it."""
 
     def in_flight(self, wait: bool = False) -> int:
         """How many commits are not on disk yet (none once ``wait`` has waited for them all);

@@ -1,6 +1,5 @@
 """The third-party plugin of docs/plugins.md, loaded the two ways a user would load it."""
 
-import json
 import sys
 from pathlib import Path
 

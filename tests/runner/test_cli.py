@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from runner.cli import main
-from runner.testing import Driver
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENT = {"event_id": "e1", "user_id": "u1", "page_url": "/home", "timestamp": "2026-11-24T08:00:00Z"}

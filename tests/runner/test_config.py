@@ -202,7 +202,7 @@ def test_every_error_is_reported_in_file_order(pipeline_file):
             .replace("path: out/results.jsonl", "path: 7"))
     got = errors(pipeline_file(text))
     assert got == [
-        f'p.yaml:1: name: expected a name of letters, digits, _, . or -, got "de mo"',
+        'p.yaml:1: name: expected a name of letters, digits, _, . or -, got "de mo"',
         f'p.yaml:{line_of(text, "grace")}: event_time.grace: expected a duration like 5m, got -1',
         f'p.yaml:{line_of(text, "size: 0")}: stages[2].size: must be > 0, got 0',
         f'p.yaml:{line_of(text, "path: 7")}: sinks[1].path: expected a string, got 7',
