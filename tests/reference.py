@@ -530,6 +530,21 @@ def assert_matches(ref: Reference, outcome) -> None:
 
 # --- random click streams for property tests ------------------------------------------------------
 
+def drawn_pipeline(draw, name: str, stages: list, graces: list) -> dict:
+    """The pipeline of a property test: ``stages`` over LMDB, with a drawn grace (one of
+    ``graces``), late policy and checkpoint interval; ``draw`` is hypothesis's."""
+    from hypothesis import strategies as st
+
+    return {
+        "name": name,
+        "event_time": {"field": "timestamp", "grace": draw(st.sampled_from(graces)), "idle_timeout": 0,
+                       "late": draw(st.sampled_from(["dlq", "dlq", "drop"]))},
+        "checkpoint": {"every_events": draw(st.integers(1, 10)), "every_ms": 0},
+        "state": {"backend": "lmdb"},
+        "stages": stages,
+    }
+
+
 def strategies():
     """``(streams, aggregations)``: hypothesis strategies of click-stream records
     (``streams(max_size=30)``) and of ``aggregations:`` mappings. Built on call: the reference

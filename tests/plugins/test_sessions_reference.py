@@ -38,14 +38,7 @@ def session_pipelines(draw):
         # a second window stage: its processing errors keep events from the sessions, or not
         tumbling = {"type": "tumbling_window", "name": "per_minute", "size": "1m", "aggregations": draw(aggregations())}
         stages.insert(1 if other == "before" else 2, tumbling)
-    return {
-        "name": "sref",
-        "event_time": {"field": "timestamp", "grace": draw(st.sampled_from(GRACES)), "idle_timeout": 0,
-                       "late": draw(st.sampled_from(["dlq", "dlq", "drop"]))},
-        "checkpoint": {"every_events": draw(st.integers(1, 10)), "every_ms": 0},
-        "state": {"backend": "lmdb"},
-        "stages": stages,
-    }
+    return reference.drawn_pipeline(draw, "sref", stages, GRACES)
 
 
 def run(pipeline: dict, tmp: str) -> Driver:

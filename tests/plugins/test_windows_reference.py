@@ -49,14 +49,7 @@ def window_pipelines(draw, n_stages=st.integers(1, 2)):
             stage["key_by"] = key_by
         stage["aggregations"] = draw(aggregations())
         stages.append(stage)
-    return {
-        "name": "wref",
-        "event_time": {"field": "timestamp", "grace": draw(st.sampled_from(GRACES)), "idle_timeout": 0,
-                       "late": draw(st.sampled_from(["dlq", "dlq", "drop"]))},
-        "checkpoint": {"every_events": draw(st.integers(1, 10)), "every_ms": 0},
-        "state": {"backend": "lmdb"},
-        "stages": stages,
-    }
+    return reference.drawn_pipeline(draw, "wref", stages, GRACES)
 
 
 def run(pipeline: dict, tmp: str) -> Driver:
