@@ -14,6 +14,7 @@ from bisect import insort
 from typing import Any
 
 from runner.components import ProcessingError
+from runner.state import Frozen
 
 RESERVED = frozenset({"id", "stage", "key", "window_start", "window_end", "duration_s", "milestone", "value"})
 SKIP = object()  # an absent or null value: skipped by every aggregation but count
@@ -200,60 +201,63 @@ _ORDER = struct.Struct(">qHiq")  # event time, topic index, partition, offset
 class Collect(Aggregation):
     """Values in event order. Accumulators are pickled at every checkpoint that changed them,
     so a long collection must not cost its length each time: the accumulator is
-    [orders, topics, chunks, tail], the event orders packed into one bytearray (topics by
-    index), the values in pickled chunks of ``CHUNK`` that are never pickled again, and a
-    short tail of the latest values."""
+    [count, topics, frozen, orders, values], where ``frozen`` holds full chunks of ``CHUNK``
+    (their event orders packed, then their values pickled) as ``runner.state.Frozen``
+    blobs that a checkpoint writes once, and ``orders`` (packed, topics by index into
+    ``topics``) and ``values`` are the tail, the only part written again."""
 
-    CHUNK = 256
+    CHUNK = 64  # part of the state format: a frozen chunk's orders are CHUNK * _ORDER.size bytes
     needs_order = True
     EXTRACT = "{v} = get({f})\nif {v} is None: {v} = SKIP"
 
     def new(self):
-        return [bytearray(), [], [], []]
+        return [0, [], [], bytearray(), []]
 
     def add(self, acc, value, order):
-        blob, topics, chunks, tail = acc
-        time, topic, partition, offset = order
-        try:
-            index = topics.index(topic)
-        except ValueError:
-            topics.append(topic)
-            index = len(topics) - 1
-        count = len(blob) // _ORDER.size
+        count = acc[0]
         limit = self.spec.get("limit")
-        if not count or _decode(topics, blob, count - 1) < order:  # in order: append
-            if limit is None or count < limit:
-                blob += _ORDER.pack(time, index, partition, offset)
-                tail.append(value)
-                if len(tail) == self.CHUNK:
-                    chunks.append(pickle.dumps(tail, pickle.HIGHEST_PROTOCOL))
-                    acc[3] = []
-            return acc
-        pairs = self._pairs(acc)
-        insort(pairs, (order, value), key=lambda item: item[0])
-        return self._pack(pairs[:limit] if limit else pairs)
+        if count and self._last(acc) > order:  # out of event order (rare): insert it
+            pairs = self._pairs(acc)
+            insort(pairs, (order, value), key=lambda item: item[0])
+            return self._pack(pairs[:limit] if limit else pairs)
+        if limit is None or count < limit:
+            self._append(acc, order, value)
+        return acc
 
-    @staticmethod
-    def _values(acc) -> list:
-        return [value for chunk in acc[2] for value in pickle.loads(chunk)] + acc[3]
+    @classmethod
+    def _append(cls, acc, order, value) -> None:
+        acc[3] += _pack_order(acc[1], order)
+        acc[4].append(value)
+        acc[0] += 1
+        if len(acc[4]) == cls.CHUNK:  # the tail is full: freeze it
+            acc[2].append(Frozen(bytes(acc[3]) + pickle.dumps(acc[4], pickle.HIGHEST_PROTOCOL)))
+            acc[3], acc[4] = bytearray(), []
+
+    @classmethod
+    def _last(cls, acc) -> tuple:
+        topics, frozen, orders, values = acc[1:]
+        if values:
+            return _unpack_order(topics, orders, len(values) - 1)
+        return _unpack_order(topics, frozen[-1].data, cls.CHUNK - 1)
 
     @classmethod
     def _pairs(cls, acc) -> list:
-        blob, topics = acc[0], acc[1]
-        orders = [(t, topics[i], p, o) for t, i, p, o in _ORDER.iter_unpack(blob)]
-        return list(zip(orders, cls._values(acc)))
+        """[(order, value)] of the whole collection, in event order."""
+        topics, frozen, orders, values = acc[1:]
+        size = cls.CHUNK * _ORDER.size
+        pairs = []
+        for chunk in frozen:
+            data = memoryview(chunk.data)
+            pairs += zip(_unpack_orders(topics, data[:size]), pickle.loads(data[size:]))
+        pairs += zip(_unpack_orders(topics, orders), values)
+        return pairs
 
     @classmethod
     def _pack(cls, pairs) -> list:
-        blob, topics, values = bytearray(), [], []
-        for (time, topic, partition, offset), value in pairs:
-            if topic not in topics:
-                topics.append(topic)
-            blob += _ORDER.pack(time, topics.index(topic), partition, offset)
-            values.append(value)
-        whole = len(values) - len(values) % cls.CHUNK
-        chunks = [pickle.dumps(values[i:i + cls.CHUNK], pickle.HIGHEST_PROTOCOL) for i in range(0, whole, cls.CHUNK)]
-        return [blob, topics, chunks, values[whole:]]
+        acc = [0, [], [], bytearray(), []]
+        for order, value in pairs:
+            cls._append(acc, order, value)
+        return acc
 
     def merge(self, a, b):
         merged = sorted(self._pairs(a) + self._pairs(b), key=lambda item: item[0])
@@ -261,12 +265,27 @@ class Collect(Aggregation):
         return self._pack(merged if limit is None else merged[:limit])
 
     def result(self, acc):
-        return self._values(acc)
+        size = self.CHUNK * _ORDER.size
+        return [value for chunk in acc[2] for value in pickle.loads(memoryview(chunk.data)[size:])] + acc[4]
 
 
-def _decode(topics, blob, i) -> tuple:
+def _pack_order(topics: list, order: tuple) -> bytes:
+    time, topic, partition, offset = order
+    try:
+        index = topics.index(topic)
+    except ValueError:
+        topics.append(topic)
+        index = len(topics) - 1
+    return _ORDER.pack(time, index, partition, offset)
+
+
+def _unpack_order(topics: list, blob, i: int) -> tuple:
     t, index, p, o = _ORDER.unpack_from(blob, i * _ORDER.size)
     return (t, topics[index], p, o)
+
+
+def _unpack_orders(topics: list, blob) -> list:
+    return [(t, topics[i], p, o) for t, i, p, o in _ORDER.iter_unpack(blob)]
 
 
 class First(Collect):

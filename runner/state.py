@@ -9,6 +9,10 @@ LMDB writes and syncs that transaction on a thread of its own while processing g
 (the sync releases the interpreter lock), at most two checkpoints in flight and always in
 order: ``Store.in_flight`` tells how many are not on disk yet, and nothing of a checkpoint
 may leave the process before it is.
+
+A value is pickled whole at every checkpoint that changed it. Parts of it that never change
+once made (the full chunks of a long collection) go in ``Frozen`` blobs: LMDB writes each
+one once, under a key of its own, and the value only refers to it.
 """
 
 from __future__ import annotations
@@ -27,16 +31,64 @@ import lmdb
 
 from runner.components import RunnerError
 
-FORMAT = b"runner-state/1"
+FORMAT = b"runner-state/2"
 MAX_IN_FLIGHT = 2  # checkpoints being written at once: the processing thread waits for no sync
 _DELETED = object()
 _MISSING = object()
 _OUTBOX = "outbox"
 _META = "meta"
+_BLOBS = "blobs"
+_REFERS = b"F"  # the first byte of a stored value that refers to Frozen blobs (a pickle starts with 0x80)
 
 
 def _dumps(value) -> bytes:
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class Frozen:
+    """Bytes that never change once made, held by one table value.
+
+    In LMDB a checkpoint writes a Frozen once, under a key of its own, and the value that
+    holds it refers to it by that key; the blob is deleted in the checkpoint that deletes
+    the value, or writes it without that Frozen. So a value that grows by whole Frozen
+    chunks costs each checkpoint only what is not frozen yet. A Frozen belongs to the
+    first table key it is written under: put in another key's value too, it is copied into
+    that value. (A key written without having been read first in this process leaves the
+    blobs of its old value behind, unused, until it is deleted.)
+    """
+
+    __slots__ = ("data", "id", "owner")
+
+    def __init__(self, data: bytes, id: bytes | None = None, owner: tuple | None = None):
+        self.data = data
+        self.id = id or os.urandom(12)
+        self.owner = owner  # (table, key) it is stored under, once it is
+
+    def __reduce__(self):
+        saving = getattr(_context, "saving", None)
+        if saving is None or (self.owner is not None and self.owner != saving[0]):
+            return (Frozen, (self.data,))  # by value
+        self.owner = saving[0]
+        saving[1][self.id] = self
+        return (_frozen, (self.id,))
+
+
+_context = threading.local()  # what the pickling (saving) or unpickling (fetch) of one value refers to
+
+
+def _frozen(id: bytes) -> Frozen:
+    return _context.fetch(id)
+
+
+def _save(table: str, key: bytes, value) -> tuple[bytes, dict]:
+    """``value`` pickled, and the Frozen blobs it refers to by id."""
+    frozen: dict[bytes, Frozen] = {}
+    _context.saving = ((table, key), frozen)
+    try:
+        raw = _dumps(value)
+    finally:
+        _context.saving = None
+    return (_REFERS + raw if frozen else raw), frozen
 
 
 class Table:
@@ -49,6 +101,8 @@ class Table:
         # the changes of checkpoints still being written, oldest first: the store's read
         # snapshot predates them
         self.committing: list[dict[bytes, Any]] = []
+        # key -> ids of the Frozen blobs its stored value refers to (as read or written)
+        self.refs: dict[bytes, Any] = {}
 
     def get(self, key: bytes, default=None):
         value = self.dirty.get(key, _MISSING)
@@ -185,6 +239,7 @@ class LmdbStore(Store):
         self._readonly = readonly
         self._db(_META)
         self._db(_OUTBOX)
+        self._db(_BLOBS)
         self._rtxn = self._env.begin(buffers=False)
         # every write transaction runs on this one thread: LMDB ties a writer to its thread
         self._writer = None if readonly else ThreadPoolExecutor(1, thread_name_prefix="runner-lmdb-commit")
@@ -207,7 +262,7 @@ class LmdbStore(Store):
     def read(self, table, key, default=None):
         db = self._db("t:" + table)
         raw = None if db is None else self._rtxn.get(key, db=db)
-        return default if raw is None else pickle.loads(raw)
+        return default if raw is None else self._load(table, key, raw)
 
     def scan(self, table):
         db = self._db("t:" + table)
@@ -215,7 +270,28 @@ class LmdbStore(Store):
             return
         cursor = self._rtxn.cursor(db=db)
         for key, raw in cursor.iternext(keys=True, values=True):
-            yield key, pickle.loads(raw)
+            yield key, self._load(table, key, raw)
+
+    def _load(self, table: str, key: bytes, raw: bytes, fetch: bool = True):
+        """Unpickle a stored value, its Frozen blobs read back (with ``fetch``) and
+        remembered as its references."""
+        if raw[:1] != _REFERS:
+            return pickle.loads(raw)
+        ids = set()
+        blobs, owner = self._dbs.get(_BLOBS), (table, key)
+
+        def load(id: bytes) -> Frozen:
+            ids.add(id)
+            return Frozen(self._rtxn.get(id, db=blobs) if fetch else b"", id, owner)
+
+        _context.fetch = load
+        try:
+            value = pickle.loads(memoryview(raw)[1:])
+        finally:
+            _context.fetch = None
+        if table in self.tables:
+            self.tables[table].refs[key] = ids
+        return value
 
     def meta(self, key, default=None):
         db = self._dbs.get(_META)
@@ -233,17 +309,39 @@ class LmdbStore(Store):
         write it in one transaction, synced before it commits, on the writer thread."""
         while self.in_flight() >= MAX_IN_FLIGHT:
             self._collect()
-        writes = []
+        writes, blobs = [], []
         for name, table in self.tables.items():
             db = self._db("t:" + name)  # opened here: never while another transaction opens one
-            writes += [(db, key, None if value is _DELETED else _dumps(value)) for key, value in table.dirty.items()]
+            for key, value in table.dirty.items():
+                if value is _DELETED:
+                    writes.append((db, key, None))
+                    blobs += self._blob_writes(table, db, key, {})
+                    continue
+                raw, frozen = _save(name, key, value)
+                writes.append((db, key, raw))
+                if frozen or key in table.refs:
+                    blobs += self._blob_writes(table, db, key, frozen)
             table.committing.append(table.dirty)
             table.dirty = {}
+        writes += blobs
         meta_db, outbox_db = self._dbs[_META], self._dbs[_OUTBOX]
         writes += [(meta_db, key.encode(), _dumps(value)) for key, value in meta.items()]
         writes += [(outbox_db, seq.to_bytes(8, "big"), None) for seq in outbox_remove]
         writes += [(outbox_db, seq.to_bytes(8, "big"), _dumps(item)) for seq, item in outbox_add]
         self._submit(writes)
+
+    def _blob_writes(self, table: Table, db, key: bytes, frozen: dict) -> list:
+        """The blob puts and deletes that make ``key``'s references those of ``frozen``."""
+        if key not in table.refs:  # never read nor written here: what does the disk copy refer to?
+            raw = self._rtxn.get(key, db=db)
+            if raw is not None and raw[:1] == _REFERS:
+                self._load(table.name, key, raw, fetch=False)
+        before = table.refs.pop(key, ())
+        if frozen:
+            table.refs[key] = set(frozen)
+        blobs = self._dbs[_BLOBS]
+        return ([(blobs, id, None) for id in before if id not in frozen]
+                + [(blobs, id, f.data) for id, f in frozen.items() if id not in before])
 
     def _submit(self, writes) -> None:
         """Hand ``writes`` to the writer thread and wait until it syncs them, with the

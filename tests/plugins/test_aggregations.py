@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 import tempfile
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runner.aggregations import Aggregations
+from runner.aggregations import Aggregations, Collect
 from runner.components import ProcessingError
 from runner.testing import Driver
 from tests import reference
@@ -124,6 +125,25 @@ def test_collect_is_in_event_order_not_arrival_and_limit_keeps_the_first():
         assert aggregate({"c": {"collect": "x", "limit": 1}}, events, arrival) == {"c": ["a"]}
     assert aggregate({"c": {"collect": "x", "limit": 3}}, values([None])) == {"c": []}
 
+
+
+def test_a_collection_longer_than_its_frozen_chunks_keeps_event_order_through_inserts_and_merges():
+    n = Collect.CHUNK * 5 + 7
+    events = values(list(range(n)))
+    rng = random.Random(3)
+    nearly = list(range(n))  # in order but for a few swapped neighbours, far back in the frozen chunks
+    for i in rng.sample(range(1, n), 20):
+        nearly[i - 1], nearly[i] = nearly[i], nearly[i - 1]
+    for arrival in (list(range(n)), nearly, rng.sample(range(n), n)):
+        assert aggregate({"c": {"collect": "x"}}, events, arrival) == {"c": list(range(n))}
+        limit = Collect.CHUNK + 3
+        assert aggregate({"c": {"collect": "x", "limit": limit}}, events, arrival) == {"c": list(range(limit))}
+    aggs = Aggregations({"c": {"collect": "x"}})
+    halves = [aggs.new(), aggs.new()]
+    for i in range(n):  # odd and even events in two sessions, merged
+        aggs.add(halves[i % 2], aggs.extract(events[i]), order(i))
+    assert aggs.results(aggs.merge(*halves)) == {"c": list(range(n))}
+    assert len(halves[0][0][2]) == (n // 2 + 1) // Collect.CHUNK  # its full chunks are frozen
 
 def test_first_and_last_are_in_event_order_and_skip_nulls():
     spec = {"f": {"first": "x"}, "l": {"last": "x"}}

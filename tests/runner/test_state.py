@@ -1,7 +1,8 @@
 """The LMDB store writes checkpoints on its writer thread: what is in flight must read as
-committed, be written as it was at its checkpoint, and reach the disk in order."""
+committed, be written as it was at its checkpoint, and reach the disk in order. Frozen
+blobs are written once, and deleted with the last value that held them."""
 
-from runner.state import MAX_IN_FLIGHT, LmdbStore
+from runner.state import MAX_IN_FLIGHT, Frozen, LmdbStore
 
 
 def read_back(path, table: str, key: bytes):
@@ -55,4 +56,76 @@ def test_a_table_item_scan_includes_checkpoints_in_flight_and_changes_not_yet_ch
     assert list(table.items()) == [(b"b", 2), (b"c", 3)]
     store.commit({}, [], [])
     assert list(table.items()) == [(b"b", 2), (b"c", 3)]
+    store.close()
+
+
+# --- Frozen blobs ----------------------------------------------------------------------------
+
+def stored(store) -> tuple[dict, dict]:
+    """(raw values of table t, blobs) as they are on disk (LMDB opens an environment once per
+    process: read through the store's)."""
+    env = store._env
+    with env.begin() as txn:
+        return ({k: v for k, v in txn.cursor(db=env.open_db(b"t:t", txn=txn))},
+                {k: v for k, v in txn.cursor(db=env.open_db(b"blobs", txn=txn))})
+
+
+def checkpoint(store) -> None:
+    store.commit({}, [], [])
+    store.in_flight(wait=True)
+
+
+def test_a_frozen_blob_is_written_once_and_deleted_with_the_last_value_that_held_it(tmp_path):
+    store = LmdbStore(tmp_path)
+    table = store.table("t")
+    a, b = Frozen(b"a" * 5000), Frozen(b"b" * 5000)
+    table.put(b"k", [a, b, "tail"])
+    checkpoint(store)
+    values, blobs = stored(store)
+    assert blobs == {a.id: a.data, b.id: b.data} and len(values[b"k"]) < 200  # referred to, not copied
+    table.put(b"k", [a, "tail 2"])  # b dropped from the value: gone from the disk
+    checkpoint(store)
+    assert stored(store)[1] == {a.id: a.data}
+    store.close()
+
+    store = LmdbStore(tmp_path)  # restarted: the value reads back whole
+    table = store.table("t")
+    value = table.get(b"k")
+    assert value[0].data == a.data and value[1] == "tail 2"
+    c = Frozen(b"c" * 100)
+    table.put(b"k", value + [c])
+    checkpoint(store)
+    assert stored(store)[1] == {a.id: a.data, c.id: c.data}
+    table.delete(b"k")
+    checkpoint(store)
+    assert stored(store) == ({}, {})
+    store.close()
+
+
+def test_a_frozen_blob_put_in_a_second_key_is_copied_there_and_outlives_its_owner(tmp_path):
+    store = LmdbStore(tmp_path)
+    table = store.table("t")
+    a = Frozen(b"a" * 3000)
+    table.put(b"owner", [a])
+    checkpoint(store)
+    table.put(b"other", [a])
+    table.delete(b"owner")
+    checkpoint(store)
+    values, blobs = stored(store)
+    assert blobs == {} and len(values[b"other"]) > 3000
+    store.close()
+    store = LmdbStore(tmp_path)
+    assert store.table("t").get(b"other")[0].data == a.data
+    store.close()
+
+
+def test_a_key_written_blind_over_a_value_with_blobs_drops_them_when_deleted(tmp_path):
+    store = LmdbStore(tmp_path)
+    store.table("t").put(b"k", [Frozen(b"x" * 100)])
+    checkpoint(store)
+    store.close()
+    store = LmdbStore(tmp_path)
+    store.table("t").delete(b"k")  # never read in this process
+    checkpoint(store)
+    assert stored(store) == ({}, {})
     store.close()
