@@ -1,9 +1,9 @@
 """The ``validate`` stage: JSON Schema validation with messages a person can act on.
 
-A compiled validator (jsonschema-rs, Rust) decides; only a rejected event is validated again by
-jsonschema, whose full list of errors is ranked by the rules of CONTRACT section 4 (not an
-object, missing fields, wrong types, constraints, timestamp; fields in schema order) so the
-message names the first failing rule's field. Fields with ``"format": "event-time"`` are
+A compiled validator (jsonschema-rs, Rust) decides; for a rejected event its full list of
+errors is ranked by the rules of CONTRACT section 4 (not an object, missing fields, wrong
+types, constraints, timestamp; fields in schema order) so the message names the first
+failing rule's field. Fields with ``"format": "event-time"`` are
 checked as event times by the runner's own parser, which also stamps the event's time.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jsonschema
 import jsonschema_rs
 
 from runner import hookimpl
@@ -53,16 +52,17 @@ class Validate(Stage):
 
 
 def compile_schema(schema: dict):
-    """``is_valid(value)`` for ``schema``, compiled: jsonschema's verdict (formats are not
-    asserted, as jsonschema does not by default; event times are checked by ``_times``)."""
-    return jsonschema_rs.validator_for(schema, validate_formats=False).is_valid
+    """The validator of ``schema``, compiled: its ``is_valid(value)`` is jsonschema's verdict
+    (formats are not asserted, as jsonschema does not by default; event times are checked
+    by ``_times``)."""
+    return jsonschema_rs.validator_for(schema, validate_formats=False)
 
 
 class ValidateProcessor(Processor):
     def __init__(self, stage: Validate, table, emit):
         super().__init__(stage, table, emit)
-        self.is_valid = compile_schema(stage.schema)
-        self.full = jsonschema.validators.validator_for(stage.schema)(stage.schema)
+        self.validator = compile_schema(stage.schema)
+        self.is_valid = self.validator.is_valid
         self.invalid = table.get(b"invalid", 0)
         self.stamp = stage.context.time_field
 
@@ -123,23 +123,19 @@ class ValidateProcessor(Processor):
 
     def _schema_problems(self, data: dict):
         required = self.stage.required
-        for err in self.full.iter_errors(data):
-            if err.validator == "required":
-                for name in err.validator_value:
-                    if name not in err.instance:
-                        yield (MISSING, name, f"missing required field: {name}")
+        for err in self.validator.iter_errors(data):
+            kind, path = err.kind, err.instance_path
+            if kind.name == "required":
+                yield (MISSING, kind.property, f"missing required field: {kind.property}")
                 continue
-            if not err.absolute_path:
+            if not path or kind.name == "format":
                 continue
-            name = str(err.absolute_path[0])
-            value = data.get(name)
-            if err.validator == "format":
-                continue
-            if err.validator == "type" and len(err.absolute_path) == 1:
-                if value is None and name in required:
+            name = str(path[0])
+            if kind.name == "type" and len(path) == 1:
+                if data.get(name) is None and name in required:
                     yield (MISSING, name, f"missing required field: {name}")
                 else:
-                    yield (WRONG_TYPE, name, f"wrong type for field {name}: expected {_type_words(err.validator_value)}")
+                    yield (WRONG_TYPE, name, f"wrong type for field {name}: expected {_type_words(kind.types)}")
             else:
                 yield (CONSTRAINT, name, _constraint(name, err))
 
@@ -154,15 +150,15 @@ def _json_kind(value) -> str:
 
 
 def _constraint(name: str, err) -> str:
-    value = err.instance
+    kind, value = err.kind, err.instance
     shown = json.dumps(value, ensure_ascii=False)[:80]
-    if err.validator in ("minimum", "exclusiveMinimum") and err.validator_value == 0 and value < 0:
+    if kind.name in ("minimum", "exclusiveMinimum") and kind.limit == 0 and value < 0:
         return f"negative value for field {name}"
-    if err.validator == "enum":
-        allowed = ", ".join(str(v) for v in err.validator_value if v is not None)
+    if kind.name == "enum":
+        allowed = ", ".join(str(v) for v in kind.options if v is not None)
         return f"invalid value for field {name}: {shown} is not one of {allowed}"
-    if err.validator == "pattern":
-        return f"invalid value for field {name}: {shown} does not match {err.validator_value}"
+    if kind.name == "pattern":
+        return f"invalid value for field {name}: {shown} does not match {kind.pattern}"
     return f"invalid value for field {name}: {err.message}"
 
 

@@ -1,4 +1,5 @@
-"""The validate stage decides with a compiled validator: its verdict must be jsonschema's."""
+"""The validate stage decides with a compiled validator: its verdict must be jsonschema's, and
+the first failing rule it names for a rejected event the one jsonschema's errors give."""
 
 import json
 from pathlib import Path
@@ -8,8 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plugins.clickstream import BAD_KINDS, ClickGenerator, bad_record
-from plugins.stages.validate import compile_schema
+from plugins.stages.validate import CONSTRAINT, MISSING, WRONG_TYPE, Validate, compile_schema
 from runner.codec import DecodeError, decode
+from runner.components import Context
+from runner.outputs import Emitter
+from runner.state import MemoryStore
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "click_event.schema.json").read_text())
 FAST = compile_schema(SCHEMA)
@@ -17,7 +21,31 @@ FULL = jsonschema.Draft7Validator(SCHEMA)
 
 
 def fast_ok(value) -> bool:
-    return FAST(value)
+    return FAST.is_valid(value)
+
+
+PROCESSOR = Validate({"schema": None}, Context("p", "validate", {})).build(MemoryStore().table("v"), Emitter("p", {}))
+
+
+def first_problem(value: dict):
+    """The (rule, field) the stage reports first for ``value``, from the compiled validator."""
+    problems = list(PROCESSOR._schema_problems(value))
+    return min(problems, key=lambda p: (p[0], PROCESSOR.stage.fields.get(p[1], 99), p[1]))[:2] if problems else None
+
+
+def jsonschema_first_problem(value: dict):
+    """The same, read off jsonschema's own errors (the oracle)."""
+    problems = []
+    for err in FULL.iter_errors(value):
+        if err.validator == "required":
+            problems += [(MISSING, name) for name in err.validator_value if name not in err.instance]
+        elif err.absolute_path and err.validator != "format":
+            name = str(err.absolute_path[0])
+            if err.validator == "type" and len(err.absolute_path) == 1:
+                problems.append((MISSING if value.get(name) is None and name in SCHEMA["required"] else WRONG_TYPE, name))
+            else:
+                problems.append((CONSTRAINT, name))
+    return min(problems, key=lambda p: (p[0], PROCESSOR.stage.fields.get(p[1], 99), p[1])) if problems else None
 
 
 def corpus():
@@ -36,6 +64,8 @@ def test_compiled_verdict_equals_jsonschema_on_the_generated_corpus():
         except DecodeError:
             continue
         assert fast_ok(value) == FULL.is_valid(value), raw
+        if isinstance(value, dict):
+            assert first_problem(value) == jsonschema_first_problem(value), raw
         checked += 1
         rejected += not FULL.is_valid(value)
     assert checked > 2500 and rejected > 100
@@ -52,3 +82,21 @@ FIELDS = ["event_id", "user_id", "page_url", "timestamp", "event_type", "session
                        max_size=8) | JSON)
 def test_compiled_verdict_equals_jsonschema_on_arbitrary_values(value):
     assert fast_ok(value) == FULL.is_valid(value)
+    if isinstance(value, dict):
+        assert first_problem(value) == jsonschema_first_problem(value)
+
+
+def test_messages_name_the_rule_and_the_field():
+    base = {"event_id": "e", "user_id": "u", "page_url": "/", "timestamp": "2026-11-24T08:00:00Z"}
+    cases = [
+        ({"page_url": None}, "missing required field: page_url"),
+        ({"user_id": 7, "page_url": "x"}, "wrong type for field user_id: expected string"),
+        ({"duration": "5"}, "wrong type for field duration: expected number"),
+        ({"revenue": -0.5}, "negative value for field revenue"),
+        ({"event_type": "buy"}, "invalid value for field event_type: \"buy\" is not one of page_view, click, add_to_cart, purchase"),
+        ({"page_url": "home"}, "invalid value for field page_url: \"home\" does not match ^/"),
+    ]
+    for change, message in cases:
+        value = {**base, **change}
+        problems = list(PROCESSOR._schema_problems(value))
+        assert min(problems, key=lambda p: (p[0], PROCESSOR.stage.fields[p[1]]))[2] == message
