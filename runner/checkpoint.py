@@ -29,6 +29,7 @@ class Checkpoint:
         self.store = store
         self.sinks = sinks
         self.result_sinks = result_sinks  # where a result without ``to:`` goes
+        self.displays = [sink for sink in sinks.values() if sink.shows_display]
         self.number = number
         self.next_seq = next_seq
         self.should_stop = should_stop
@@ -120,10 +121,11 @@ class Checkpoint:
                     by_sink.setdefault(name, []).append(out)
         for name, outs in by_sink.items():
             self.sinks[name].deliver(outs)
-        notices = [line for _, out in items if out.kind == "dlq" for line in _notice(out)]
-        if notices:
-            for sink in self.sinks.values():
-                sink.display(notices)
+        if self.displays:
+            notices = [line for _, out in items if out.kind == "dlq" for line in _notice(out)]
+            if notices:
+                for sink in self.displays:
+                    sink.display(notices)
 
     def _confirm(self) -> list[int]:
         if not self.unconfirmed:

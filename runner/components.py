@@ -240,6 +240,7 @@ class Sink(Component):
     stays in the outbox and is delivered again after a restart."""
 
     exactly_once: ClassVar[bool] = False  # True: redelivery after a crash never duplicates
+    shows_display: ClassVar[bool] = False  # True: ``display`` shows lines (they are made only for such sinks)
 
     def open(self, state: Any) -> None:
         """Called once before anything is delivered, with what ``flush`` last returned
@@ -264,7 +265,8 @@ class Sink(Component):
         the last successful flush, so that nothing is written twice."""
 
     def display(self, lines: list[str]) -> None:
-        """Console-like sinks show display lines (stage reports, DLQ notices); others ignore them."""
+        """Console-like sinks (``shows_display``) show display lines (stage reports, DLQ
+        notices); it is not called on others."""
 
     def close(self) -> None:
         """Called at a clean stop after the last flush; not called after SIGKILL."""

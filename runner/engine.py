@@ -298,7 +298,10 @@ class Runner:
         self._advance(self.tracker.recompute())
 
     def _commit(self, confirm: bool = False) -> None:
-        meta = dict(self.meta_fixed, offsets=dict(self.positions))
+        meta = {"offsets": dict(self.positions)}
+        if self.meta_fixed:  # the same at every checkpoint of a process: written by its first
+            meta.update(self.meta_fixed)
+            self.meta_fixed = None
         if self.tracker is not None:
             meta["event_time"] = {p: (None if h == -math.inf else h) for p, h in self.tracker.high.items()}
             meta["watermark"] = self.tracker.watermark
@@ -324,9 +327,10 @@ class Runner:
         self._display()
 
     def _display(self) -> None:
-        lines = [line for proc in self.processors for line in proc.report()]
+        displays = self.checkpoint.displays
+        lines = [line for proc in self.processors for line in proc.report()] if displays else []
         if lines:
-            for sink in self.sinks.values():
+            for sink in displays:
                 sink.display(lines)
 
     def _abort(self) -> None:

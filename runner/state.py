@@ -309,29 +309,33 @@ class LmdbStore(Store):
         write it in one transaction, synced before it commits, on the writer thread."""
         while self.in_flight() >= MAX_IN_FLIGHT:
             self._collect()
-        writes, blobs = [], []
+        # per database: (puts, deletes), put in one C call each on the writer thread
+        writes = []
+        blob_puts, blob_deletes = [], []
         for name, table in self.tables.items():
             db = self._db("t:" + name)  # opened here: never while another transaction opens one
+            puts, deletes = [], []
             for key, value in table.dirty.items():
                 if value is _DELETED:
-                    writes.append((db, key, None))
-                    blobs += self._blob_writes(table, db, key, {})
-                    continue
-                raw, frozen = _save(name, key, value)
-                writes.append((db, key, raw))
-                if frozen or key in table.refs:
-                    blobs += self._blob_writes(table, db, key, frozen)
+                    deletes.append(key)
+                    frozen = {}
+                else:
+                    raw, frozen = _save(name, key, value)
+                    puts.append((key, raw))
+                    if not frozen and key not in table.refs:
+                        continue
+                self._blob_writes(table, db, key, frozen, blob_puts, blob_deletes)
+            writes.append((db, puts, deletes))
             table.committing.append(table.dirty)
             table.dirty = {}
-        writes += blobs
-        meta_db, outbox_db = self._dbs[_META], self._dbs[_OUTBOX]
-        writes += [(meta_db, key.encode(), _dumps(value)) for key, value in meta.items()]
-        writes += [(outbox_db, seq.to_bytes(8, "big"), None) for seq in outbox_remove]
-        writes += [(outbox_db, seq.to_bytes(8, "big"), _dumps(item)) for seq, item in outbox_add]
+        writes.append((self._dbs[_BLOBS], blob_puts, blob_deletes))
+        writes.append((self._dbs[_META], [(key.encode(), _dumps(value)) for key, value in meta.items()], []))
+        writes.append((self._dbs[_OUTBOX], [(seq.to_bytes(8, "big"), _dumps(item)) for seq, item in outbox_add],
+                       [seq.to_bytes(8, "big") for seq in outbox_remove]))
         self._submit(writes)
 
-    def _blob_writes(self, table: Table, db, key: bytes, frozen: dict) -> list:
-        """The blob puts and deletes that make ``key``'s references those of ``frozen``."""
+    def _blob_writes(self, table: Table, db, key: bytes, frozen: dict, puts: list, deletes: list) -> None:
+        """Add the blob puts and deletes that make ``key``'s references those of ``frozen``."""
         if key not in table.refs:  # never read nor written here: what does the disk copy refer to?
             raw = self._rtxn.get(key, db=db)
             if raw is not None and raw[:1] == _REFERS:
@@ -339,9 +343,8 @@ class LmdbStore(Store):
         before = table.refs.pop(key, ())
         if frozen:
             table.refs[key] = set(frozen)
-        blobs = self._dbs[_BLOBS]
-        return ([(blobs, id, None) for id in before if id not in frozen]
-                + [(blobs, id, f.data) for id, f in frozen.items() if id not in before])
+        deletes += [id for id in before if id not in frozen]
+        puts += [(id, f.data) for id, f in frozen.items() if id not in before]
 
     def _submit(self, writes) -> None:
         """Hand ``writes`` to the writer thread and wait until it syncs them, with the
@@ -391,11 +394,11 @@ class LmdbStore(Store):
                     raise RunnerError("an earlier checkpoint could not be written")
                 txn = self._env.begin(write=True)
                 try:
-                    for db, key, value in writes:
-                        if value is None:
+                    for db, puts, deletes in writes:
+                        for key in deletes:
                             txn.delete(key, db=db)
-                        else:
-                            txn.put(key, value, db=db)
+                        if puts:
+                            txn.cursor(db=db).putmulti(puts)
                 except BaseException:
                     txn.abort()
                     raise

@@ -18,6 +18,7 @@ class ConsoleSink(Sink):
     bury them."""
 
     type = "console"
+    shows_display = True
     config_schema = obj({
         "max_lines_per_s": {"type": "integer", "minimum": 1, "default": 50,
                             "description": "display lines (reports, dead letter notices) shown per second at most; the rest are counted"},
