@@ -5,10 +5,10 @@ memory and written by the next checkpoint's single transaction (``Store.commit``
 with offsets and outbox; everything else is read from the store on demand, so a restart
 loads nothing up front.
 
-LMDB writes and syncs that transaction on a thread of its own while processing goes on
-(the sync releases the interpreter lock), at most two checkpoints in flight and always in
-order: ``Store.in_flight`` tells how many are not on disk yet, and nothing of a checkpoint
-may leave the process before it is.
+LMDB writes and syncs that transaction in a process of its own while processing goes on
+(``runner.state_writer``), at most two checkpoints in flight and always in order:
+``Store.in_flight`` tells how many are not on disk yet, and nothing of a checkpoint may
+leave the process before it is.
 
 A value is pickled whole at every checkpoint that changed it. Parts of it that never change
 once made (the full chunks of a long collection) go in ``Frozen`` blobs: LMDB writes each
@@ -21,18 +21,17 @@ import fcntl
 import os
 import pickle
 import threading
-import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
 import lmdb
 
 from runner.components import RunnerError
+from runner.state_writer import Writer
 
 FORMAT = b"runner-state/2"
-MAX_IN_FLIGHT = 2  # checkpoints being written at once: the processing thread waits for no sync
+MAX_IN_FLIGHT = 2  # checkpoints being written at once: the processing waits for no sync
 _DELETED = object()
 _MISSING = object()
 _OUTBOX = "outbox"
@@ -145,7 +144,7 @@ class Store:
 
     def __init__(self):
         self.tables: dict[str, Table] = {}
-        # per commit written beside processing, once on disk: (ms writing it, time.time() synced);
+        # per commit written beside the processing, once on disk: (ms writing it, time.time() synced);
         # a store that writes within ``commit`` leaves it empty
         self.written: deque[tuple[float, float]] = deque()
 
@@ -214,7 +213,8 @@ class MemoryStore(Store):
 
 
 class LmdbStore(Store):
-    """One LMDB environment per pipeline; one synced write transaction per checkpoint.
+    """One LMDB environment per pipeline; one synced write transaction per checkpoint,
+    written by the store's writer process (this process only reads).
 
     A lock file keeps a second runner out; readers (``runner state dump``) need no lock.
     """
@@ -241,10 +241,8 @@ class LmdbStore(Store):
         self._db(_OUTBOX)
         self._db(_BLOBS)
         self._rtxn = self._env.begin(buffers=False)
-        # every write transaction runs on this one thread: LMDB ties a writer to its thread
-        self._writer = None if readonly else ThreadPoolExecutor(1, thread_name_prefix="runner-lmdb-commit")
-        self._writing: deque[tuple[Future, list]] = deque()  # commits in flight and their writes, in order
-        self._failed = False  # set by the writer when a write fails: it refuses later ones
+        self._writer = None if readonly else Writer(self.path, map_size)
+        self._writing = 0  # commits handed to the writer, not known to be on disk
 
     def _db(self, name: str):
         db = self._dbs.get(name)
@@ -255,9 +253,17 @@ class LmdbStore(Store):
                 return None
             self._dbs[name] = db
             if getattr(self, "_rtxn", None) is not None:  # a read txn begun before cannot see a new db
-                self._rtxn.abort()
-                self._rtxn = self._env.begin(buffers=False)
+                self._renew()
         return db
+
+    def _renew(self) -> None:
+        """A read transaction that sees the latest commit."""
+        self._rtxn.abort()
+        try:
+            self._rtxn = self._env.begin(buffers=False)
+        except lmdb.MapResizedError:  # the writer grew the map: map all of it
+            self._env.set_mapsize(0)
+            self._rtxn = self._env.begin(buffers=False)
 
     def read(self, table, key, default=None):
         db = self._db("t:" + table)
@@ -309,11 +315,11 @@ class LmdbStore(Store):
         write it in one transaction, synced before it commits, on the writer thread."""
         while self.in_flight() >= MAX_IN_FLIGHT:
             self._collect()
-        # per database: (puts, deletes), put in one C call each on the writer thread
+        # per database: its name, puts and deletes
         writes = []
         blob_puts, blob_deletes = [], []
         for name, table in self.tables.items():
-            db = self._db("t:" + name)  # opened here: never while another transaction opens one
+            db = self._db("t:" + name)  # to read what it refers to, and for later reads
             puts, deletes = [], []
             for key, value in table.dirty.items():
                 if value is _DELETED:
@@ -325,14 +331,18 @@ class LmdbStore(Store):
                     if not frozen and key not in table.refs:
                         continue
                 self._blob_writes(table, db, key, frozen, blob_puts, blob_deletes)
-            writes.append((db, puts, deletes))
+            writes.append(("t:" + name, puts, deletes))
             table.committing.append(table.dirty)
             table.dirty = {}
-        writes.append((self._dbs[_BLOBS], blob_puts, blob_deletes))
-        writes.append((self._dbs[_META], [(key.encode(), _dumps(value)) for key, value in meta.items()], []))
-        writes.append((self._dbs[_OUTBOX], [(seq.to_bytes(8, "big"), _dumps(item)) for seq, item in outbox_add],
+        writes.append((_BLOBS, blob_puts, blob_deletes))
+        writes.append((_META, [(key.encode(), _dumps(value)) for key, value in meta.items()], []))
+        writes.append((_OUTBOX, [(seq.to_bytes(8, "big"), _dumps(item)) for seq, item in outbox_add],
                        [seq.to_bytes(8, "big") for seq in outbox_remove]))
-        self._submit(writes)
+        try:
+            self._writer.write(writes)
+        except OSError as exc:
+            raise RunnerError(str(exc)) from None
+        self._writing += 1
 
     def _blob_writes(self, table: Table, db, key: bytes, frozen: dict, puts: list, deletes: list) -> None:
         """Add the blob puts and deletes that make ``key``'s references those of ``frozen``."""
@@ -346,76 +356,22 @@ class LmdbStore(Store):
         deletes += [id for id in before if id not in frozen]
         puts += [(id, f.data) for id, f in frozen.items() if id not in before]
 
-    def _submit(self, writes) -> None:
-        """Hand ``writes`` to the writer thread and wait until it syncs them, with the
-        interpreter lock released: left to take the lock on its own, the writer would wait
-        for this thread's switch interval (5 ms) to start, longer than 100 events take."""
-        syncing = threading.Event()
-        self._writing.append((self._writer.submit(self._write, writes, syncing), writes))
-        syncing.wait()
-
     def in_flight(self, wait=False):
-        while self._writing and (wait or self._writing[0][0].done()):
+        while self._writing and (wait or self._writer.ready()):
             self._collect()
-        return len(self._writing)
+        return self._writing
 
     def _collect(self) -> None:
         """The oldest commit in flight, once on disk: read what it wrote from now on."""
-        future, _ = self._writing[0]
         try:
-            self.written.append(future.result())
-        except lmdb.MapFullError:
-            self._rewrite()
-            return
-        self._writing.popleft()
-        self._rtxn.abort()
-        self._rtxn = self._env.begin(buffers=False)
+            ms, synced_at = self._writer.done()
+        except OSError as exc:
+            raise RunnerError(str(exc)) from None
+        self.written.append((ms, synced_at))
+        self._writing -= 1
+        self._renew()
         for table in self.tables.values():
             del table.committing[0]
-
-    def _rewrite(self) -> None:
-        """A write found the map full, so nothing of it was written and the writer refused
-        the later ones: grow the map and write them all again, in order."""
-        for future, _ in self._writing:
-            future.exception()  # waits; each failed
-        pending = [writes for _, writes in self._writing]
-        self._writing.clear()
-        self._failed = False
-        self._grow()
-        for writes in pending:
-            self._submit(writes)
-
-    def _write(self, writes, syncing: threading.Event) -> tuple[float, float]:
-        """On the writer thread: one transaction; none after one that failed."""
-        started = time.perf_counter()
-        try:
-            try:
-                if self._failed:
-                    raise RunnerError("an earlier checkpoint could not be written")
-                txn = self._env.begin(write=True)
-                try:
-                    for db, puts, deletes in writes:
-                        for key in deletes:
-                            txn.delete(key, db=db)
-                        if puts:
-                            txn.cursor(db=db).putmulti(puts)
-                except BaseException:
-                    txn.abort()
-                    raise
-            finally:
-                syncing.set()
-            txn.commit()  # the sync, with the interpreter lock released
-        except BaseException:
-            self._failed = True
-            raise
-        return (time.perf_counter() - started) * 1000, time.time()
-
-    def _grow(self):
-        # set_mapsize needs no transaction of ours open.
-        self._rtxn.abort()
-        size = self._env.info()["map_size"] * 2
-        self._env.set_mapsize(size)
-        self._rtxn = self._env.begin(buffers=False)
 
     def size_bytes(self) -> int:
         info, stat = self._env.info(), self._env.stat()
@@ -424,13 +380,13 @@ class LmdbStore(Store):
     def close(self):
         try:
             if self._writer is not None:
-                self.in_flight(wait=True)  # never close the environment under a writing thread
+                self.in_flight(wait=True)
         finally:
             self._release()
 
     def _release(self):
         if self._writer is not None:
-            self._writer.shutdown()
+            self._writer.close()  # it has stopped writing before the lock is let go
             self._writer = None
         if self._env is not None:
             self._rtxn.abort()

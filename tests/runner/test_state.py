@@ -1,7 +1,16 @@
-"""The LMDB store writes checkpoints on its writer thread: what is in flight must read as
+"""The LMDB store writes checkpoints in its writer process: what is in flight must read as
 committed, be written as it was at its checkpoint, and reach the disk in order. Frozen
-blobs are written once, and deleted with the last value that held them."""
+blobs are written once, and deleted with the last value that held them. The writer is a
+process: its death fails the run, and it does not outlive its parent."""
 
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from runner.components import RunnerError
 from runner.state import MAX_IN_FLIGHT, Frozen, LmdbStore
 
 
@@ -129,3 +138,55 @@ def test_a_key_written_blind_over_a_value_with_blobs_drops_them_when_deleted(tmp
     checkpoint(store)
     assert stored(store) == ({}, {})
     store.close()
+
+
+# --- the writer process ------------------------------------------------------------------------
+
+def test_a_killed_writer_process_fails_the_next_checkpoint_and_the_last_one_stands(tmp_path):
+    store = LmdbStore(tmp_path)
+    store.table("t").put(b"k", 1)
+    checkpoint(store)
+    store._writer.process.send_signal(signal.SIGKILL)
+    store._writer.process.wait(10)
+    store.table("t").put(b"k", 2)
+    with pytest.raises(RunnerError, match="state writer process of .* ended unexpectedly .*the last checkpoint on disk stands"):
+        store.commit({}, [], [])
+        store.in_flight(wait=True)
+    store.close()
+    assert read_back(tmp_path, "t", b"k")[0] == 1
+
+
+CHILD = """
+import sys, time
+from runner.state import LmdbStore
+store = LmdbStore(sys.argv[1])
+store.table("t").put(b"k", 1)
+store.commit({}, [], [])
+store.in_flight(wait=True)
+print(store._writer.process.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_writer_process_goes_with_its_parent_killed(tmp_path):
+    parent = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        writer = int(parent.stdout.readline())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _running(writer):
+            time.sleep(0.05)
+        assert not _running(writer), "the writer process outlived its parent"
+    finally:
+        parent.kill()
+        parent.wait(10)
+    assert read_back(tmp_path, "t", b"k")[0] == 1
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False

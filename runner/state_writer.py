@@ -1,0 +1,156 @@
+"""The state writer: a process of its own that writes and syncs one LMDB store's checkpoints.
+
+A writer thread would share the interpreter lock with the processing: py-lmdb gives the lock
+up and takes it back a dozen times in a transaction, and each time the thread waited for
+the processing thread's switch interval (5 ms), so a 0.6 ms checkpoint took 5 to 100 ms.
+In a process of its own it takes the time the disk takes, beside the processing.
+
+``runner.state.LmdbStore`` opens the environment to read and starts this process to write
+it; nothing else writes. Messages over a pipe, in order:
+
+- parent to child: ``(path, map_size)`` first, then ``("write", [(database name, puts,
+  deletes), ...])`` for each checkpoint (one transaction, synced before it commits), and
+  ``("stop",)``;
+- child to parent: ``("done", ms, synced_at)`` for each write, in order, or
+  ``("error", message)``, after which it writes nothing more and exits.
+
+A write that finds the map full grows it (doubling) and is written again; the parent maps
+the new size when its next read transaction finds it. The child exits when told, when its parent is gone
+(the pipe ends: a SIGKILL of the parent included), or after an error; it ignores SIGINT
+and SIGTERM, which reach the parent, whose clean stop still needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import lmdb
+
+STOP_WAIT_S = 10.0
+
+
+class Writer:
+    """The parent's end: starts the child and exchanges messages with it."""
+
+    def __init__(self, path: Path, map_size: int):
+        self.path = path
+        self.conn, child = Pipe()
+        root = str(Path(__file__).resolve().parents[1])  # where ``runner`` is importable from
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "runner.state_writer", str(child.fileno())],
+            pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env)
+        child.close()
+        self.conn.send((str(path), map_size))
+
+    def write(self, writes: list) -> None:
+        """Hand over one checkpoint's writes; raises ``OSError`` if the child is gone."""
+        try:
+            self.conn.send(("write", writes))
+        except OSError:
+            raise OSError(self._gone()) from None
+
+    def ready(self) -> bool:
+        """A reply is waiting."""
+        return self.conn.poll(0)
+
+    def done(self) -> tuple[float, float]:
+        """Wait for the reply to the oldest write: (ms writing it, time.time() synced); raises
+        ``OSError`` with the child's message if it failed, or if the child is gone."""
+        try:
+            message = self.conn.recv()
+        except (EOFError, OSError):
+            raise OSError(self._gone()) from None
+        if message[0] == "error":
+            raise OSError(message[1])
+        return message[1:]
+
+    def _gone(self) -> str:
+        try:
+            status = self.process.wait(1)
+        except subprocess.TimeoutExpired:
+            status = None
+        return (f"the state writer process of {self.path} ended unexpectedly (exit status {status}); "
+                f"the last checkpoint on disk stands: run the pipeline again to go on from it")
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("stop",))
+        except OSError:
+            pass  # gone already
+        try:
+            self.process.wait(STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.conn.close()
+
+
+# --- the child ---------------------------------------------------------------------------
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    conn = Connection(int(sys.argv[1]))
+    try:
+        path, map_size = conn.recv()
+        env = lmdb.open(path, map_size=map_size, max_dbs=256, sync=True, metasync=True, lock=True, readahead=False)
+    except (EOFError, OSError):
+        return
+    except lmdb.Error as exc:
+        _send(conn, ("error", f"the state writer cannot open {path}: {exc}"))
+        return
+    try:
+        _serve(conn, env)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the parent is gone: what was committed stands
+    except lmdb.Error as exc:
+        _send(conn, ("error", f"a checkpoint could not be written to {path}: {exc}"))
+    finally:
+        env.close()
+
+
+def _serve(conn: Connection, env) -> None:
+    dbs: dict = {}
+    while True:
+        message = conn.recv()
+        if message[0] == "stop":
+            return
+        started = time.perf_counter()
+        while True:
+            try:
+                _write(env, dbs, message[1])
+                break
+            except lmdb.MapFullError:  # nothing of it was written: grow the map, write it again
+                env.set_mapsize(env.info()["map_size"] * 2)
+        conn.send(("done", (time.perf_counter() - started) * 1000, time.time()))
+
+
+def _write(env, dbs: dict, writes: list) -> None:
+    for name, _, _ in writes:
+        if name not in dbs:
+            dbs[name] = env.open_db(name.encode(), create=True)
+    with env.begin(write=True) as txn:  # commits (synced) on leaving, aborts on an exception
+        for name, puts, deletes in writes:
+            db = dbs[name]
+            for key in deletes:
+                txn.delete(key, db=db)
+            if puts:
+                txn.cursor(db=db).putmulti(puts)
+
+
+def _send(conn: Connection, message) -> None:
+    try:
+        conn.send(message)
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    main()
