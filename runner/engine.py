@@ -103,6 +103,11 @@ class Runner:
         self.meta_fixed = {"format": FORMAT, "pipeline": s["name"], "fingerprints": fingerprints}
         number = self.store.meta("checkpoint", 0)
 
+        # the source first: it may start reading ahead while the rest is set up
+        stored_offsets = self.store.meta("offsets", {}) or {}
+        self.positions = dict(self.source.open(dict(stored_offsets)))
+        self.stop = self.source.end_offsets() if self.bounded else None
+
         routes = {d["name"]: tuple(d["to"]) if d.get("to") else None for d in s["stages"]}
         self.emit = Emitter(s["name"], routes)
         self.processors = [st.build(self.store.table(st.name), self.emit) for st in self.stages]
@@ -124,10 +129,6 @@ class Runner:
         self.checkpoint.sink_states = dict(sink_states)
         if self.observer is not None:
             self.checkpoint.on_durable = self._durable
-
-        stored_offsets = self.store.meta("offsets", {}) or {}
-        self.positions = dict(self.source.open(dict(stored_offsets)))
-        self.stop = self.source.end_offsets() if self.bounded else None
 
         self.tracker = None
         if self.first_windowed is not None:
@@ -157,8 +158,8 @@ class Runner:
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            self._open()
             try:
+                self._open()
                 self._loop()
                 self._finish()
             except Stopped:

@@ -18,7 +18,9 @@ SLICE = 20_000  # the input grows by this much whenever a run has read all of it
 SEED, BAD_RATIO = 23, 0.05
 MIN_KILLS = 10
 MAX_RUNS = 60
-TORTURE_BUDGET_S = 100  # no new run after this long (once MIN_KILLS is reached); --drain ends it
+TORTURE_BUDGET_S = 100  # no more kills after this long (once MIN_KILLS is reached); --drain ends it
+KILLS_PER_SLICE = 5
+STARTUP_KILLS = 0.2  # the share of runs killed while they start; the others once they have checkpointed
 DLQ_VOLATILE = ("failed_at", "error")  # CONTRACT section 7: the only fields that may differ
 
 
@@ -55,7 +57,7 @@ def test_sigkill_torture_gives_the_clean_run_in_every_sink(broker, topic_factory
 def _torture(broker, topic, tmp_path, runs):
     clean, torture = runs["clean"], runs["torture"]
     rng = random.Random(20240917)
-    produced = bad = kills = ended = 0
+    produced = bad = kills = ended = slice_kills = 0
     log = []
     started = time.monotonic()
     caught_up = True
@@ -64,26 +66,40 @@ def _torture(broker, topic, tmp_path, runs):
             bad += faults.produce_range(broker, topic, produced, min(produced + SLICE, EVENTS), SEED, BAD_RATIO)[0]
             produced = min(produced + SLICE, EVENTS)
             log.append(f"{produced} events produced")
-        elif kills >= MIN_KILLS and time.monotonic() - started > TORTURE_BUDGET_S:
+            slice_kills = 0
+        elif produced == EVENTS and kills >= MIN_KILLS and time.monotonic() - started > TORTURE_BUDGET_S:
             break
         caught_up = False
         every = rng.choice((10, 50, 100))
-        delay = rng.uniform(0.3, 1.2)  # a run reads a slice in about a second: kill most runs inside it
+        before = faults.stored(tmp_path / "torture" / "state")["checkpoint"]
         run = faults.Runner("run", torture["yaml"], "--until-end", "--set", f"checkpoint.every_events={every}")
-        time.sleep(delay)
+        if slice_kills >= KILLS_PER_SLICE or (kills >= MIN_KILLS and time.monotonic() - started > TORTURE_BUDGET_S):
+            run.wait(300)  # enough kills in this slice, or over the time budget: it reads to the end
+            when = "(not killed)"
+        elif rng.random() < STARTUP_KILLS:  # while it starts, restores and redelivers
+            delay = rng.uniform(0.05, 0.8)
+            time.sleep(delay)
+            when = f"after {delay:.2f}s"
+        else:  # once it has checkpointed: a kill in the middle of its work, whatever the machine's speed
+            faults.wait_until(lambda: not run.alive() or faults.stored(tmp_path / "torture" / "state")["checkpoint"]
+                              > before, 30, interval=0.02)
+            delay = rng.uniform(0, 0.6)
+            time.sleep(delay)
+            when = f"{delay:.2f}s after its first checkpoint"
         if run.alive():
             run.signal(signal.SIGKILL)
             run.wait(30)
             kills += 1
+            slice_kills += 1
             at = faults.stored(tmp_path / "torture" / "state")
-            log.append(f"kill {kills:2d}: every_events={every:3d} after {delay:.2f}s: checkpoint {at['checkpoint']}, "
+            log.append(f"kill {kills:2d}: every_events={every:3d} {when}: checkpoint {at['checkpoint']}, "
                        f"{sum(at['offsets'].values())}/{produced} records read, {at['outbox']} outputs in the outbox")
         else:
             code = run.wait(30)
             assert code == 0, run.stderr[-3000:]
             ended += 1
             caught_up = True
-            log.append(f"run ended by itself (every_events={every}) within {delay:.2f}s")
+            log.append(f"run ended by itself (every_events={every}) {when}")
             if produced == EVENTS and kills >= MIN_KILLS:
                 break  # all read: nothing is left to kill in
     print("\n" + "\n".join(log))

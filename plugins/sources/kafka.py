@@ -2,7 +2,9 @@
 
 No consumer group is joined and no offset is committed to Kafka: the runner keeps the
 offsets in its own checkpoints and passes them to ``open``. End offsets are measured by
-the high watermark of a fetch (see ``plugins.kafka_common``).
+the high watermark of a fetch (see ``plugins.kafka_common``). The records are fetched and
+parsed by a reader process (``plugins.sources.kafka_reader``), beside the processing; until
+it is ready, in this process.
 """
 
 from __future__ import annotations
@@ -12,15 +14,19 @@ import time
 from kafka.errors import KafkaError
 
 from plugins import kafka_common as kc
+from plugins.sources.kafka_reader import LocalReader, Reader
 from runner import hookimpl
 from runner.components import RunnerError, Source
 from runner.schema import obj, source_common
 
 STATUS_EVERY_S = 5.0  # at most one "unreachable" line, and one health check, per this long
+CONSUMER = dict(max_poll_records=2000, max_partition_fetch_bytes=4 << 20,
+                # a short fetch wait: some brokers hold a fetch this long even when data is waiting
+                fetch_max_wait_ms=20)
 
 
 class KafkaSource(Source):
-    """Reads all partitions of ``topics``; records are kafka-python ``ConsumerRecord`` objects."""
+    """Reads all partitions of ``topics``; records are ``runner.components.Record`` tuples."""
 
     type = "kafka"
     config_schema = obj({
@@ -42,7 +48,7 @@ class KafkaSource(Source):
         **source_common(),
     }, required=("topics",), description="read records from Kafka topics")
 
-    consumer = None
+    reader = local = None
 
     def open(self, offsets: dict[str, int]) -> dict[str, int]:
         """Assign every partition of ``topics`` and seek each to its start; return the positions.
@@ -55,22 +61,33 @@ class KafkaSource(Source):
         cfg = self.config
         self.servers, self.options = cfg["bootstrap_servers"], cfg["options"]
         self.client_id = cfg["group_id"] or f"runner-{self.context.pipeline}"
-        self.consumer = kc.consumer(
-            self.servers, self.options, self.client_id, auto_offset_reset=cfg["auto_offset_reset"],
-            max_poll_records=2000, max_partition_fetch_bytes=4 << 20,
-            # a short fetch wait: some brokers hold a fetch this long even when data is waiting
-            fetch_max_wait_ms=20)
+        settings = dict(CONSUMER, auto_offset_reset=cfg["auto_offset_reset"])
+        # started first: it starts up while this process looks the start offsets up and reads
+        self.reader = Reader(self.servers, self.options, self.client_id, settings)
         try:
-            self.tps = kc.partitions_of(self.consumer, cfg["topics"], self.servers)
-            self.by_key = {kc.key(tp): tp for tp in self.tps}
-            ends = kc.true_ends(self.servers, self.options, self.client_id, self.tps)
-            starts = self.consumer.beginning_offsets(self.tps, timeout_ms=kc.CONNECT_TIMEOUT_S * 1000)
-        except KafkaError as exc:
-            self.close()
-            raise RunnerError(f"cannot read the start offsets of {', '.join(cfg['topics'])}: {exc}") from None
-        except RunnerError:
+            consumer = kc.consumer(self.servers, self.options, self.client_id, **settings)
+            self.local = LocalReader(consumer)
+            positions = self._start_positions(consumer, offsets)
+            self.local.assign(positions)
+        except BaseException:
             self.close()
             raise
+        self.status = {name: (offset, None) for name, offset in positions.items()}  # (position, high watermark)
+        self.down = False
+        self.last_check = time.monotonic()
+        self.suspects: dict = {}  # partition -> (position, high watermark) seen beyond the end
+        self.rewound: dict = {}  # partition -> (new position, end) after a reset, for lost()
+        return positions
+
+    def _start_positions(self, client, offsets: dict[str, int]) -> dict[str, int]:
+        cfg = self.config
+        try:
+            self.tps = kc.partitions_of(client, cfg["topics"], self.servers)
+            self.by_key = {kc.key(tp): tp for tp in self.tps}
+            ends = kc.true_ends(self.servers, self.options, self.client_id, self.tps)
+            starts = client.beginning_offsets(self.tps, timeout_ms=kc.CONNECT_TIMEOUT_S * 1000)
+        except KafkaError as exc:
+            raise RunnerError(f"cannot read the start offsets of {', '.join(cfg['topics'])}: {exc}") from None
 
         reset = cfg["auto_offset_reset"]
         positions = {}
@@ -87,14 +104,6 @@ class KafkaSource(Source):
             if offset is None:
                 offset = starts[tp] if reset == "earliest" else ends[tp]
             positions[name] = offset
-        self.consumer.assign(self.tps)
-        for name, tp in self.by_key.items():
-            self.consumer.seek(tp, positions[name])
-
-        self.down = False
-        self.last_check = time.monotonic()
-        self.suspects: dict = {}  # partition -> (position, high watermark) seen beyond the end
-        self.rewound: dict = {}  # partition -> (new position, end) after a reset, for lost()
         return positions
 
     def end_offsets(self) -> dict[str, int]:
@@ -106,29 +115,34 @@ class KafkaSource(Source):
         """Records fetched within ``timeout`` s, in offset order per partition.
 
         Never raises for a lost broker: returns [] and says so on stderr at most every
-        5 s, and goes on where it was once the broker is back.
+        5 s, and goes on where it was once the broker is back. Raises ``RunnerError`` if
+        the reader process died.
         """
-        try:
-            batches = self.consumer.poll(timeout_ms=max(0, int(timeout * 1000)))
-        except KafkaError:
-            batches = {}  # kafka-python recovers by itself; the health check below reports it
-        records = [r for batch in batches.values() for r in batch]
+        if self.local is not None and self.reader.is_ready():
+            # hand over at the positions reached: nothing is read twice, nothing skipped
+            self.reader.assign({name: position for name, (position, _) in self.status.items()})
+            self.local.close()
+            self.local = None
+        got = (self.local or self.reader).read(timeout)
+        records = []
+        if got is not None:
+            records, status = got
+            self.status.update(status)
         if not records and time.monotonic() - self.last_check >= STATUS_EVERY_S:
             self._check_health()
         return records
 
     def caught_up(self, partition: str) -> bool:
         """True when the partition's position has reached the high watermark of its last fetch."""
-        tp = self.by_key[partition]
-        high = self.consumer.highwater(tp)
-        position = self.consumer.position(tp, timeout_ms=0)
+        position, high = self.status[partition]
         return high is not None and position is not None and position >= high
 
     def close(self) -> None:
         """Leave the broker; nothing to commit (offsets live in the runner's checkpoints)."""
-        if self.consumer is not None:
-            self.consumer.close(autocommit=False, timeout_ms=2000)
-            self.consumer = None
+        for reader in ("local", "reader"):
+            if getattr(self, reader) is not None:
+                getattr(self, reader).close()
+                setattr(self, reader, None)
 
     # --- while nothing arrives ---------------------------------------------------------
     def _check_health(self) -> None:
@@ -147,9 +161,7 @@ class KafkaSource(Source):
         in-memory broker keeps answering, with nothing, instead of OFFSET_OUT_OF_RANGE).
         Act only on the same reading twice, 5 s apart, so a lagging leader never rewinds us."""
         suspects = {}
-        for name, tp in self.by_key.items():
-            high = self.consumer.highwater(tp)
-            position = self.consumer.position(tp, timeout_ms=0)
+        for name, (position, high) in self.status.items():
             if high is None or position is None or position <= high:
                 continue
             if self.suspects.get(name) != (position, high):
@@ -164,12 +176,11 @@ class KafkaSource(Source):
         reset = self.config["auto_offset_reset"]
         kc.warn(f"WARNING: offset {position} of {partition} is beyond its end {end} "
                 f"(was the broker restarted empty?): going on from {reset} per auto_offset_reset")
-        tp = self.by_key[partition]
-        if reset == "earliest":
-            self.consumer.seek_to_beginning(tp)
-        else:
-            self.consumer.seek(tp, end)
-        return self.consumer.position(tp, timeout_ms=kc.CONNECT_TIMEOUT_S * 1000)
+        offsets = {name: position for name, (position, high) in self.status.items()}
+        offsets[partition] = None if reset == "earliest" else end
+        moved = (self.local or self.reader).assign(offsets, timeout=kc.CONNECT_TIMEOUT_S)
+        self.status = {name: (position, None) for name, position in moved.items()}
+        return self.status[partition][0]
 
     def lost(self) -> dict[str, tuple[int, int]]:
         """Partitions rewound since the last call because the broker lost their data."""

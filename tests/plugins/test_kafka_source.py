@@ -1,8 +1,13 @@
-"""The Kafka source against a real (Tansu) broker: positions, true end offsets, lost brokers."""
+"""The Kafka source against a real (Tansu) broker: positions, true end offsets, lost brokers,
+and its reader process."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from kafka import KafkaProducer
@@ -11,6 +16,9 @@ from plugins import broker as embedded
 from plugins.sources import kafka as source_module
 from plugins.sources.kafka import KafkaSource
 from runner.components import Context, RunnerError
+from tests.runner.test_state import running
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_source(servers: str, topics: list[str], **config) -> KafkaSource:
@@ -135,3 +143,73 @@ def test_lost_broker_is_reported_and_reading_resumes_when_it_returns(monkeypatch
     finally:
         source.close()
         embedded.stop_broker(proc)
+
+
+# --- the reader process ------------------------------------------------------------------------
+
+def test_the_reader_process_takes_over_where_this_process_got_to(broker, topic_factory):
+    topic = topic_factory(2)
+    produce(broker, topic, 0, 3000, one_batch=True)
+    produce(broker, topic, 1, 40)
+    source = make_source(broker, [topic])
+    try:
+        source.open({})
+        records = []
+        while not records:
+            records = source.poll(0.2)  # read here: the process is still starting
+        assert source.local is not None and len(records) < 3040
+        deadline = time.monotonic() + 10
+        while not source.reader.is_ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        records += read(source, 3040 - len(records))
+        assert source.local is None and source.reader.is_ready()  # handed over
+        offsets = sorted((r.partition, r.offset) for r in records)
+        assert offsets == [(0, n) for n in range(3000)] + [(1, n) for n in range(40)]  # none twice, none skipped
+        produce(broker, topic, 1, 5)
+        assert [(r.partition, r.offset) for r in read(source, 5)] == [(1, n) for n in range(40, 45)]
+    finally:
+        source.close()
+
+
+def test_a_dead_reader_process_is_an_error_naming_it(broker, topic_factory):
+    topic = topic_factory(1)
+    produce(broker, topic, 0, 10)
+    source = make_source(broker, [topic])
+    try:
+        source.open({})
+        read(source, 10)
+        deadline = time.monotonic() + 10
+        while source.local is not None and time.monotonic() < deadline:
+            source.poll(0.1)
+        source.reader.process.kill()
+        with pytest.raises(RunnerError, match="Kafka reader process of .* ended unexpectedly"):
+            for _ in range(50):
+                source.poll(0.1)
+    finally:
+        source.close()
+
+
+READER_PARENT = """
+import sys, time
+from tests.plugins.test_kafka_source import make_source
+source = make_source(sys.argv[1], [sys.argv[2]])
+source.open({})
+print(source.reader.process.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_reader_process_goes_with_its_parent_killed(broker, topic_factory):
+    parent = subprocess.Popen([sys.executable, "-c", READER_PARENT, broker, topic_factory(1)],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        child = int(parent.stdout.readline())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and running(child):
+            time.sleep(0.05)
+        assert not running(child), "the reader process outlived its parent"
+    finally:
+        parent.kill()
+        parent.wait(10)

@@ -175,16 +175,16 @@ def test_the_writer_process_goes_with_its_parent_killed(tmp_path):
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _running(writer):
+        while time.monotonic() < deadline and running(writer):
             time.sleep(0.05)
-        assert not _running(writer), "the writer process outlived its parent"
+        assert not running(writer), "the writer process outlived its parent"
     finally:
         parent.kill()
         parent.wait(10)
     assert read_back(tmp_path, "t", b"k")[0] == 1
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(")")[1].split()[0] != "Z"  # a zombie has exited

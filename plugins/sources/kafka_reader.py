@@ -1,0 +1,226 @@
+"""The Kafka source's readers: kafka-python fetching and parsing records in a process of its
+own, beside the processing.
+
+kafka-python parses record batches in pure Python, about 7 us a record: as much as a whole
+pipeline of stages. Under the interpreter lock a thread cannot overlap that with the
+processing, so the source runs the consumer in a child process (``Reader``) and receives
+each poll's records as plain columns, which cost the processing process about 1 us a
+record. The child needs about 0.4 s to start (importing kafka-python): until it is ready,
+the source reads in-process (``LocalReader``), then hands over at the positions reached.
+
+A reader only reads ahead: positions, checkpoints and every decision about where to read
+stay in the runner. It is told where to read each partition from (``assign``); in the
+child each such order starts a new epoch, and the parent drops data read before it. The
+child exits when told, or within ``POLL_MS`` once its parent is gone (a SIGKILL included).
+
+Messages, child to parent (pickled tuples): ``("ready",)`` once connected;
+``("data", epoch, parts, status)`` after every poll that returned records, and whenever
+the status changed (``parts`` and ``status`` as ``Fetch.poll`` returns them);
+``("assigned", epoch, {partition: position})`` answers an ``assign``; ``("error", text)``
+precedes an exit. Parent to child: ``("assign", epoch, {partition: offset or None for the
+log start})`` (every partition, each time), ``("stop",)``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from itertools import repeat
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from kafka.errors import KafkaError
+
+from plugins import kafka_common as kc
+from runner.components import Record, RunnerError
+
+POLL_MS = 100  # one poll's wait in the child: also how soon it sees that its parent is gone
+STOP_WAIT_S = 5.0
+
+
+class Fetch:
+    """A kafka-python consumer with partitions assigned by hand: what a reader runs."""
+
+    def __init__(self, consumer):
+        self.consumer = consumer
+        self.by_key: dict = {}
+
+    def assign(self, offsets: dict[str, int | None]) -> dict[str, int]:
+        """Read every partition of ``offsets`` from its offset (None: its log start);
+        return the positions."""
+        consumer, by_key = self.consumer, {name: kc.parse_key(name) for name in offsets}
+        if set(consumer.assignment()) != set(by_key.values()):
+            consumer.assign(list(by_key.values()))
+        for name, offset in offsets.items():
+            if offset is None:
+                consumer.seek_to_beginning(by_key[name])
+            else:
+                consumer.seek(by_key[name], offset)
+        self.by_key = by_key
+        timeout = kc.CONNECT_TIMEOUT_S * 1000
+        return {name: consumer.position(tp, timeout_ms=timeout) for name, tp in by_key.items()}
+
+    def poll(self, timeout_ms: int) -> tuple[list, dict]:
+        """``(parts, status)``: ``parts`` a list of ``(topic, partition, offsets, timestamps,
+        keys, values)`` columns, ``status`` maps ``"topic/partition"`` to the consumer's
+        ``(position, high watermark)`` right after the poll. A lost broker reads as nothing."""
+        consumer = self.consumer
+        try:
+            batches = consumer.poll(timeout_ms=timeout_ms)
+        except KafkaError:
+            batches = {}  # kafka-python recovers by itself; the source reports a lost broker
+        parts = [(tp.topic, tp.partition, [r.offset for r in rs], [r.timestamp for r in rs],
+                  [r.key for r in rs], [r.value for r in rs]) for tp, rs in batches.items() if rs]
+        status = {name: (consumer.position(tp, timeout_ms=0), consumer.highwater(tp))
+                  for name, tp in self.by_key.items()}
+        return parts, status
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False, timeout_ms=2000)
+
+
+def records_of(parts: list) -> list[Record]:
+    records = []
+    for topic, partition, offsets, timestamps, keys, values in parts:
+        records.extend(map(Record, repeat(topic), repeat(partition), offsets, timestamps, keys, values))
+    return records
+
+
+class LocalReader:
+    """Reads in this process: the source's reader while the reader process starts."""
+
+    def __init__(self, consumer):
+        self.fetch = Fetch(consumer)
+
+    def assign(self, offsets: dict[str, int | None], timeout: float | None = None) -> dict[str, int]:
+        return self.fetch.assign(offsets)
+
+    def read(self, timeout: float):
+        parts, status = self.fetch.poll(max(0, int(timeout * 1000)))
+        return records_of(parts), status
+
+    def close(self) -> None:
+        self.fetch.close()
+
+
+class Reader:
+    """The reader process, from the parent: starts the child, gives it orders, hands out
+    what it read."""
+
+    def __init__(self, servers: str, options: dict, client_id: str, settings: dict):
+        self.servers = servers
+        self.epoch = 0
+        self.ready = False  # the child is connected and takes orders
+        self.conn, child = Pipe()
+        root = str(Path(__file__).resolve().parents[2])  # where ``plugins`` is importable from
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "plugins.sources.kafka_reader", str(child.fileno())],
+            pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env)
+        child.close()
+        self.conn.send((servers, options, client_id, settings))
+
+    def is_ready(self) -> bool:
+        """True once the child is connected (without waiting)."""
+        while not self.ready and self.conn.poll(0):
+            self._receive()
+        return self.ready
+
+    def assign(self, offsets: dict[str, int | None], timeout: float | None = None) -> dict[str, int] | None:
+        """Read every partition from its offset in ``offsets`` (None: from its log start); what
+        was read before is dropped. With ``timeout``, wait for the positions and return them."""
+        self.epoch += 1
+        self.conn.send(("assign", self.epoch, offsets))
+        if timeout is None:
+            return None
+        deadline = time.monotonic() + timeout
+        while self.conn.poll(max(0.0, deadline - time.monotonic())):
+            message = self._receive()
+            if message[0] == "assigned" and message[1] == self.epoch:
+                return message[2]
+        raise RunnerError(f"the Kafka reader of {self.servers} did not move to {offsets} within {timeout:g} s")
+
+    def read(self, timeout: float):
+        """``(records, status)`` of the next poll of the current epoch, or None if nothing
+        came within ``timeout`` s."""
+        if not self.conn.poll(timeout):
+            return None
+        message = self._receive()
+        if message[0] != "data" or message[1] != self.epoch:
+            return None
+        return records_of(message[2]), message[3]
+
+    def _receive(self):
+        try:
+            message = self.conn.recv()
+        except (EOFError, OSError):
+            raise RunnerError(f"the Kafka reader process of {self.servers} ended unexpectedly "
+                              f"(exit status {self.process.poll()}); see its messages above") from None
+        if message[0] == "error":
+            raise RunnerError(message[1])
+        if message[0] == "ready":
+            self.ready = True
+        return message
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("stop",))
+        except OSError:
+            pass  # it is gone already
+        try:
+            self.process.wait(STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.conn.close()
+
+
+# --- the child ---------------------------------------------------------------------------
+def main() -> None:
+    # Ctrl+C reaches the whole process group: the parent decides when its reader stops
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = Connection(int(sys.argv[1]))
+    parent = os.getppid()
+    try:
+        servers, options, client_id, settings = conn.recv()
+        _serve(conn, parent, Fetch(kc.consumer(servers, options, client_id, **settings)))
+    except RunnerError as exc:
+        _send(conn, ("error", str(exc)))
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the parent is gone
+
+
+def _serve(conn: Connection, parent: int, fetch: Fetch) -> None:
+    try:
+        conn.send(("ready",))
+        epoch, last = 0, None
+        while os.getppid() == parent:
+            while conn.poll(0 if fetch.by_key else POLL_MS / 1000):
+                order = conn.recv()
+                if order[0] == "stop":
+                    return
+                epoch, last = order[1], None
+                conn.send(("assigned", epoch, fetch.assign(order[2])))
+            if not fetch.by_key:
+                continue
+            parts, status = fetch.poll(POLL_MS)
+            if parts or status != last:
+                conn.send(("data", epoch, parts, status))
+                last = status
+    finally:
+        fetch.close()
+
+
+def _send(conn: Connection, message) -> None:
+    try:
+        conn.send(message)
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    main()
