@@ -22,33 +22,21 @@ and SIGTERM, which reach the parent, whose clean stop still needs it.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import lmdb
 
-STOP_WAIT_S = 10.0
+from runner.helper import Helper, child_connection, send_quietly
 
 
-class Writer:
-    """The parent's end: starts the child and exchanges messages with it."""
+class Writer(Helper):
+    """The parent's end."""
 
     def __init__(self, path: Path, map_size: int):
+        super().__init__("runner.state_writer", (str(path), map_size))
         self.path = path
-        self.conn, child = Pipe()
-        root = str(Path(__file__).resolve().parents[1])  # where ``runner`` is importable from
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "runner.state_writer", str(child.fileno())],
-            pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env)
-        child.close()
-        self.conn.send((str(path), map_size))
 
     def write(self, writes: list) -> None:
         """Hand over one checkpoint's writes; raises ``OSError`` if the child is gone."""
@@ -73,45 +61,27 @@ class Writer:
         return message[1:]
 
     def _gone(self) -> str:
-        try:
-            status = self.process.wait(1)
-        except subprocess.TimeoutExpired:
-            status = None
-        return (f"the state writer process of {self.path} ended unexpectedly (exit status {status}); "
+        return (f"the state writer process of {self.path} ended unexpectedly (exit status {self.exit_status()}); "
                 f"the last checkpoint on disk stands: run the pipeline again to go on from it")
-
-    def close(self) -> None:
-        try:
-            self.conn.send(("stop",))
-        except OSError:
-            pass  # gone already
-        try:
-            self.process.wait(STOP_WAIT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.conn.close()
 
 
 # --- the child ---------------------------------------------------------------------------
 def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    conn = Connection(int(sys.argv[1]))
+    conn = child_connection()
     try:
         path, map_size = conn.recv()
         env = lmdb.open(path, map_size=map_size, max_dbs=256, sync=True, metasync=True, lock=True, readahead=False)
     except (EOFError, OSError):
         return
     except lmdb.Error as exc:
-        _send(conn, ("error", f"the state writer cannot open {path}: {exc}"))
+        send_quietly(conn, ("error", f"the state writer cannot open {path}: {exc}"))
         return
     try:
         _serve(conn, env)
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the parent is gone: what was committed stands
     except lmdb.Error as exc:
-        _send(conn, ("error", f"a checkpoint could not be written to {path}: {exc}"))
+        send_quietly(conn, ("error", f"a checkpoint could not be written to {path}: {exc}"))
     finally:
         env.close()
 
@@ -143,13 +113,6 @@ def _write(env, dbs: dict, writes: list) -> None:
                 txn.delete(key, db=db)
             if puts:
                 txn.cursor(db=db).putmulti(puts)
-
-
-def _send(conn: Connection, message) -> None:
-    try:
-        conn.send(message)
-    except OSError:
-        pass
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -250,6 +251,29 @@ class Runner:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             pass
+
+
+def helper_outlives_parent(script: str, *args: str) -> bool:
+    """Run ``python -c script ARGS`` from the project root (it prints the pid of a helper
+    process it started, then waits), kill it with SIGKILL, and tell whether that helper
+    is still running 10 s later."""
+    parent = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        helper = int(parent.stdout.readline())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        return not wait_until(lambda: not _running(helper), 10, interval=0.05)
+    finally:
+        parent.kill()
+        parent.wait(10)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
 
 
 # --- input ----------------------------------------------------------------------------------------

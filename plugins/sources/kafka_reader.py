@@ -24,22 +24,17 @@ log start})`` (every partition, each time), ``("stop",)``.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from itertools import repeat
-from multiprocessing import Pipe
 from multiprocessing.connection import Connection
-from pathlib import Path
 
 from kafka.errors import KafkaError
 
 from plugins import kafka_common as kc
 from runner.components import Record, RunnerError
+from runner.helper import Helper, child_connection, send_quietly
 
 POLL_MS = 100  # one poll's wait in the child: also how soon it sees that its parent is gone
-STOP_WAIT_S = 5.0
 
 
 class Fetch:
@@ -107,22 +102,14 @@ class LocalReader:
         self.fetch.close()
 
 
-class Reader:
-    """The reader process, from the parent: starts the child, gives it orders, hands out
-    what it read."""
+class Reader(Helper):
+    """The reader process, from the parent: gives it orders, hands out what it read."""
 
     def __init__(self, servers: str, options: dict, client_id: str, settings: dict):
+        super().__init__("plugins.sources.kafka_reader", (servers, options, client_id, settings))
         self.servers = servers
         self.epoch = 0
         self.ready = False  # the child is connected and takes orders
-        self.conn, child = Pipe()
-        root = str(Path(__file__).resolve().parents[2])  # where ``plugins`` is importable from
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "plugins.sources.kafka_reader", str(child.fileno())],
-            pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env)
-        child.close()
-        self.conn.send((servers, options, client_id, settings))
 
     def is_ready(self) -> bool:
         """True once the child is connected (without waiting)."""
@@ -159,37 +146,23 @@ class Reader:
             message = self.conn.recv()
         except (EOFError, OSError):
             raise RunnerError(f"the Kafka reader process of {self.servers} ended unexpectedly "
-                              f"(exit status {self.process.poll()}); see its messages above") from None
+                              f"(exit status {self.exit_status()}); see its messages above") from None
         if message[0] == "error":
             raise RunnerError(message[1])
         if message[0] == "ready":
             self.ready = True
         return message
 
-    def close(self) -> None:
-        try:
-            self.conn.send(("stop",))
-        except OSError:
-            pass  # it is gone already
-        try:
-            self.process.wait(STOP_WAIT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.conn.close()
-
 
 # --- the child ---------------------------------------------------------------------------
 def main() -> None:
-    # Ctrl+C reaches the whole process group: the parent decides when its reader stops
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn = Connection(int(sys.argv[1]))
+    conn = child_connection()
     parent = os.getppid()
     try:
         servers, options, client_id, settings = conn.recv()
         _serve(conn, parent, Fetch(kc.consumer(servers, options, client_id, **settings)))
     except RunnerError as exc:
-        _send(conn, ("error", str(exc)))
+        send_quietly(conn, ("error", str(exc)))
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the parent is gone
 
@@ -213,13 +186,6 @@ def _serve(conn: Connection, parent: int, fetch: Fetch) -> None:
                 last = status
     finally:
         fetch.close()
-
-
-def _send(conn: Connection, message) -> None:
-    try:
-        conn.send(message)
-    except OSError:
-        pass
 
 
 if __name__ == "__main__":

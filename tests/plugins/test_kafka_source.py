@@ -3,11 +3,7 @@ and its reader process."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from kafka import KafkaProducer
@@ -16,9 +12,7 @@ from plugins import broker as embedded
 from plugins.sources import kafka as source_module
 from plugins.sources.kafka import KafkaSource
 from runner.components import Context, RunnerError
-from tests.runner.test_state import running
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests import faults
 
 
 def make_source(servers: str, topics: list[str], **config) -> KafkaSource:
@@ -200,16 +194,5 @@ time.sleep(60)
 
 
 def test_the_reader_process_goes_with_its_parent_killed(broker, topic_factory):
-    parent = subprocess.Popen([sys.executable, "-c", READER_PARENT, broker, topic_factory(1)],
-                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        child = int(parent.stdout.readline())
-        parent.send_signal(signal.SIGKILL)
-        parent.wait(10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and running(child):
-            time.sleep(0.05)
-        assert not running(child), "the reader process outlived its parent"
-    finally:
-        parent.kill()
-        parent.wait(10)
+    assert not faults.helper_outlives_parent(READER_PARENT, broker, topic_factory(1)), \
+        "the reader process outlived its parent"

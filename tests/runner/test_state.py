@@ -4,14 +4,12 @@ blobs are written once, and deleted with the last value that held them. The writ
 process: its death fails the run, and it does not outlive its parent."""
 
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
 from runner.components import RunnerError
 from runner.state import MAX_IN_FLIGHT, Frozen, LmdbStore
+from tests import faults
 
 
 def read_back(path, table: str, key: bytes):
@@ -169,24 +167,5 @@ time.sleep(60)
 
 
 def test_the_writer_process_goes_with_its_parent_killed(tmp_path):
-    parent = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-    try:
-        writer = int(parent.stdout.readline())
-        parent.send_signal(signal.SIGKILL)
-        parent.wait(10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and running(writer):
-            time.sleep(0.05)
-        assert not running(writer), "the writer process outlived its parent"
-    finally:
-        parent.kill()
-        parent.wait(10)
+    assert not faults.helper_outlives_parent(CHILD, str(tmp_path)), "the writer process outlived its parent"
     assert read_back(tmp_path, "t", b"k")[0] == 1
-
-
-def running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[1].split()[0] != "Z"  # a zombie has exited
-    except FileNotFoundError:
-        return False

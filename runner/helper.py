@@ -1,0 +1,64 @@
+"""Helper processes: a module of this project run in a child process, with a pipe to its parent.
+
+The runner starts one where a thread would compete with the processing for the interpreter
+lock (the state writer, the Kafka reader). A helper ignores SIGINT and SIGTERM, which reach
+its parent, whose clean stop may still need it; it ends when told, or when the pipe ends
+(its parent gone, a SIGKILL included).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parents[1])  # where ``runner`` and ``plugins`` are importable from
+STOP_WAIT_S = 10.0
+
+
+class Helper:
+    """The parent's end: ``python -m module`` started with ``first`` as its first message;
+    ``conn`` is the pipe, ``process`` the child."""
+
+    def __init__(self, module: str, first):
+        self.conn, child = Pipe()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (ROOT, os.environ.get("PYTHONPATH")))))
+        self.process = subprocess.Popen([sys.executable, "-m", module, str(child.fileno())],
+                                        pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env)
+        child.close()
+        self.conn.send(first)
+
+    def exit_status(self, wait: float = 1.0) -> int | None:
+        try:
+            return self.process.wait(wait)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def close(self) -> None:
+        """Tell the child to stop and wait for it (killed after ``STOP_WAIT_S``)."""
+        send_quietly(self.conn, ("stop",))
+        try:
+            self.process.wait(STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.conn.close()
+
+
+def child_connection() -> Connection:
+    """In the child: the pipe to its parent; SIGINT and SIGTERM are left to the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return Connection(int(sys.argv[1]))
+
+
+def send_quietly(conn: Connection, message) -> None:
+    """Send unless the other end is gone."""
+    try:
+        conn.send(message)
+    except OSError:
+        pass
