@@ -201,26 +201,27 @@ _ORDER = struct.Struct(">qHiq")  # event time, topic index, partition, offset
 class Collect(Aggregation):
     """Values in event order. Accumulators are pickled at every checkpoint that changed them,
     so a long collection must not cost its length each time: the accumulator is
-    [count, topics, frozen, orders, values], where ``frozen`` holds full chunks of ``CHUNK``
-    (their event orders packed, then their values pickled) as ``runner.state.Frozen``
-    blobs that a checkpoint writes once, and ``orders`` (packed, topics by index into
-    ``topics``) and ``values`` are the tail, the only part written again."""
+    [count, topics, frozen, orders, values, last], where ``frozen`` holds full chunks of
+    ``CHUNK`` (their event orders packed, then their values pickled) as
+    ``runner.state.Frozen`` blobs that a checkpoint writes once, ``orders`` (packed, topics
+    by index into ``topics``) and ``values`` are the tail, the only part written again, and
+    ``last`` is the greatest event order (None while empty)."""
 
     CHUNK = 64  # part of the state format: a frozen chunk's orders are CHUNK * _ORDER.size bytes
     needs_order = True
     EXTRACT = "{v} = get({f})\nif {v} is None: {v} = SKIP"
 
     def new(self):
-        return [0, [], [], bytearray(), []]
+        return [0, [], [], bytearray(), [], None]
 
     def add(self, acc, value, order):
-        count = acc[0]
-        limit = self.spec.get("limit")
-        if count and self._last(acc) > order:  # out of event order (rare): insert it
+        last = acc[5]
+        if last is not None and last > order:  # out of event order (rare): insert it
+            limit = self.spec.get("limit")
             pairs = self._pairs(acc)
             insort(pairs, (order, value), key=lambda item: item[0])
             return self._pack(pairs[:limit] if limit else pairs)
-        if limit is None or count < limit:
+        if "limit" not in self.spec or acc[0] < self.spec["limit"]:
             self._append(acc, order, value)
         return acc
 
@@ -229,21 +230,15 @@ class Collect(Aggregation):
         acc[3] += _pack_order(acc[1], order)
         acc[4].append(value)
         acc[0] += 1
+        acc[5] = order
         if len(acc[4]) == cls.CHUNK:  # the tail is full: freeze it
             acc[2].append(Frozen(bytes(acc[3]) + pickle.dumps(acc[4], pickle.HIGHEST_PROTOCOL)))
             acc[3], acc[4] = bytearray(), []
 
     @classmethod
-    def _last(cls, acc) -> tuple:
-        topics, frozen, orders, values = acc[1:]
-        if values:
-            return _unpack_order(topics, orders, len(values) - 1)
-        return _unpack_order(topics, frozen[-1].data, cls.CHUNK - 1)
-
-    @classmethod
     def _pairs(cls, acc) -> list:
         """[(order, value)] of the whole collection, in event order."""
-        topics, frozen, orders, values = acc[1:]
+        topics, frozen, orders, values = acc[1:5]
         size = cls.CHUNK * _ORDER.size
         pairs = []
         for chunk in frozen:
@@ -254,7 +249,7 @@ class Collect(Aggregation):
 
     @classmethod
     def _pack(cls, pairs) -> list:
-        acc = [0, [], [], bytearray(), []]
+        acc = [0, [], [], bytearray(), [], None]
         for order, value in pairs:
             cls._append(acc, order, value)
         return acc
@@ -277,11 +272,6 @@ def _pack_order(topics: list, order: tuple) -> bytes:
         topics.append(topic)
         index = len(topics) - 1
     return _ORDER.pack(time, index, partition, offset)
-
-
-def _unpack_order(topics: list, blob, i: int) -> tuple:
-    t, index, p, o = _ORDER.unpack_from(blob, i * _ORDER.size)
-    return (t, topics[index], p, o)
 
 
 def _unpack_orders(topics: list, blob) -> list:
@@ -353,8 +343,9 @@ class Aggregations:
         self.names = [agg.name for agg in self.items]
         self.needs_order = any(agg.needs_order for agg in self.items)
         # check(accs, values) raises ProcessingError where add would overflow, changing nothing:
-        # call it for every accumulator an event goes to before adding it to any
+        # call it for every accumulator an event goes to before adding it to any (if has_checks)
         self.extract, self.add, self.check = self._compile()
+        self.has_checks = any(agg.CHECK for agg in self.items)
 
     def _compile(self):
         """``extract(data) -> values`` (raises ProcessingError, changes nothing) and

@@ -36,14 +36,16 @@ class EventTime:
     def observe(self, events: list[Event], emit) -> list[Event]:
         """Raise H_p with each event reaching the first window stage and stamp the event
         with its partition watermark; an event without a valid time fails that stage."""
-        high, grace, watermark = self.high, self.grace, self.watermark
+        high, grace, watermark, time_of = self.high, self.grace, self.watermark, self.context.time_of
         passed = []
         for ev in events:
-            try:
-                t = self.context.time_of(ev)
-            except ProcessingError as exc:
-                emit.dead_letter(ev.record, self.stage, "processing", str(exc))
-                continue
+            t = ev.time
+            if t is None:
+                try:
+                    t = time_of(ev)
+                except ProcessingError as exc:
+                    emit.dead_letter(ev.record, self.stage, "processing", str(exc))
+                    continue
             p = ev.partition
             h = high[p]
             if t > h:

@@ -80,13 +80,14 @@ class AggregateProcessor(Processor):
 
     def __init__(self, stage: Aggregate, table, emit):
         super().__init__(stage, table, emit)
-        self.cache: dict[str, list] = {}
+        self.cache: dict[str, tuple[list, bytes]] = {}  # key text -> (entry, table key)
         self.changed: set[str] = set()
         self.next_report = time.monotonic() + duration_ms(stage.display.get("every", "10s")) / 1000
 
     def process(self, events):
-        stage, aggs, cache, table = self.stage, self.stage.aggregations, self.cache, self.table
-        key_by, time_of = stage.key_by, stage.context.time_of
+        stage, aggs, cache, dirty = self.stage, self.stage.aggregations, self.cache, self.table.dirty
+        key_by, time_of, milestones = stage.key_by, stage.context.time_of, stage.milestones
+        track = bool(stage.display.get("line"))  # keys changed since the last report
         passed = []
         for ev in events:
             data = ev.data
@@ -94,45 +95,50 @@ class AggregateProcessor(Processor):
                 if data.__class__ is not dict:
                     raise ProcessingError("event is not a JSON object")
                 values = aggs.extract(data)
-                for index, metric, _ in stage.milestones:
+                for index, metric, _ in milestones:
                     v = values[index]
                     if v is not SKIP and v.__class__ is not tuple and v.__class__ is not str and v < 0:
                         raise ProcessingError(f"negative value for field {aggs.items[index].field}: "
                                               f"a sum with milestones cannot go down")
+                order = None
                 if aggs.needs_order:
                     time_of(ev)
-                order = ev.order() if aggs.needs_order else None
+                    order = ev.order()
             except ProcessingError as exc:
                 self.fail(ev, exc)
                 continue
             key = data.get(key_by) if key_by else None
             kj = key_text(key)
-            entry = cache.get(kj)
-            if entry is None:
-                entry = table.get(kj.encode()) or [key, aggs.new(), {}]
-                cache[kj] = entry
-            accs = entry[1]
-            try:
-                aggs.check(accs, values)
-            except ProcessingError as exc:
-                self.fail(ev, exc)
-                continue
-            aggs.add(accs, values, order)
-            if stage.milestones:
-                self._milestones(entry, kj)
-            table.put(kj.encode(), entry)
-            self.changed.add(kj)
+            cached = cache.get(kj)
+            if cached is None:
+                kb = kj.encode()
+                cached = cache[kj] = (self.table.get(kb) or [key, aggs.new(), {}], kb)
+            entry, kb = cached
+            if aggs.has_checks:
+                try:
+                    aggs.check(entry[1], values)
+                except ProcessingError as exc:
+                    self.fail(ev, exc)
+                    continue
+            aggs.add(entry[1], values, order)
+            if milestones:
+                self._milestones(entry)
+            dirty[kb] = entry  # Table.put, inlined on the hot path
+            if track:
+                self.changed.add(kj)
             passed.append(ev)
         if len(cache) > 100_000:  # the table has them all; keep memory bounded
             cache.clear()
         return passed
 
-    def _milestones(self, entry, kj):
+    def _milestones(self, entry):
         key, accs, reached = entry
         stage = self.stage
         for index, metric, step in stage.milestones:
             value = stage.aggregations.items[index].result(accs[index])
             done = reached.get(metric, 0)
+            if value.__class__ is int and step.__class__ is int and value < (done + 1) * step:
+                continue  # the usual case, exact in integers: no threshold reached
             top = int(value // step)
             for k in range(done + 1, top + 1):
                 threshold = k * step
@@ -153,7 +159,7 @@ class AggregateProcessor(Processor):
         aggs, lines = self.stage.aggregations, []
         if display.get("line"):
             for kj in sorted(self.changed):
-                entry = self.cache.get(kj) or self.table.get(kj.encode())
+                entry = self.cache[kj][0] if kj in self.cache else self.table.get(kj.encode())
                 if entry:
                     lines.append(render(display["line"], {"key": entry[0], **aggs.results(entry[1])}))
         self.changed.clear()

@@ -50,22 +50,28 @@ class Session(WindowStage):
 
 
 class SessionProcessor(WindowProcessor):
-    """State per key: [key, [[start, last, accumulators], ...]] sorted by start."""
+    """State per key: [key, [[start, last, accumulators], ...]] sorted by start.
+
+    ``due`` is a heap of (bound, key text), one live entry per key with sessions, whose bound
+    is at most the earliest ``last + gap`` of that key's sessions (``scheduled`` holds it):
+    extending a session only raises its ``last``, so the common event pushes nothing, and
+    ``advance`` looks again at a key whose bound the watermark passed."""
 
     def __init__(self, stage: Session, table, emit):
         super().__init__(stage, table, emit)
         self.entries: dict[str, list] = {}
-        self.due: list[tuple[int, str, int]] = []  # (last + gap, key text, start): a heap, stale entries skipped
+        self.scheduled: dict[str, int] = {}
+        self.due: list[tuple[int, str]] = []
         for k, entry in table.items():
             if k != LATE:
                 kt = k.decode()
                 self.entries[kt] = entry
-                for start, last, _ in entry[1]:
-                    self.due.append((last + stage.gap, kt, start))
+                self.scheduled[kt] = bound = min(last for _, last, _ in entry[1]) + stage.gap
+                self.due.append((bound, kt))
         heapq.heapify(self.due)
 
     def process(self, events):
-        aggs, gap = self.stage.aggregations, self.stage.gap
+        aggs, gap, entries, dirty = self.stage.aggregations, self.stage.gap, self.entries, self.table.dirty
         passed = []
         for ev in events:
             t = ev.time
@@ -77,15 +83,16 @@ class SessionProcessor(WindowProcessor):
             if extracted is None:
                 continue
             values, key, kt = extracted
-            entry = self.entries.get(kt)
+            entry = entries.get(kt)
             if entry is None:
-                entry = self.entries[kt] = [key, []]
+                entry = entries[kt] = [key, []]
             sessions = entry[1]
             order = ev.order() if aggs.needs_order else None
             touching = [s for s in sessions if s[0] - gap <= t <= s[1] + gap]
             try:
                 if len(touching) == 1:
-                    aggs.check(touching[0][2], values)
+                    if aggs.has_checks:
+                        aggs.check(touching[0][2], values)
                 else:  # a new session, or one that bridges (merges) several: built aside first
                     accs = aggs.new()
                     aggs.add(accs, values, order)
@@ -101,33 +108,39 @@ class SessionProcessor(WindowProcessor):
                     session[0] = t
                 elif t > session[1]:
                     session[1] = t
-                    heapq.heappush(self.due, (t + gap, kt, session[0]))
             else:
                 start, last = min([t] + [s[0] for s in touching]), max([t] + [s[1] for s in touching])
                 for s in touching:
                     sessions.remove(s)
                 sessions.append([start, last, accs])
                 sessions.sort(key=lambda s: s[0])
-                heapq.heappush(self.due, (last + gap, kt, start))
-            self.table.put(entry_key(kt), entry)
+                self._schedule(kt, last + gap)
+            dirty[entry_key(kt)] = entry  # Table.put, inlined on the hot path
             passed.append(ev)
         return passed
 
+    def _schedule(self, kt: str, bound: int) -> None:
+        if bound < self.scheduled.get(kt, bound + 1):
+            self.scheduled[kt] = bound
+            heapq.heappush(self.due, (bound, kt))
+
     def advance(self, watermark):
-        due, gap = self.due, self.stage.gap
+        due, gap, scheduled = self.due, self.stage.gap, self.scheduled
         while due and due[0][0] < watermark:
-            end_due, kt, start = heapq.heappop(due)
-            entry = self.entries.get(kt)
-            if entry is None:
-                continue
+            bound, kt = heapq.heappop(due)
+            if scheduled.get(kt) != bound:
+                continue  # a lower bound was pushed for this key since
+            del scheduled[kt]
+            entry = self.entries[kt]
             sessions = entry[1]
-            match = next((s for s in sessions if s[1] + gap == end_due), None)
-            if match is None:
-                continue  # merged or extended since this heap entry was pushed
-            sessions.remove(match)
-            self.emit_result(entry[0], match[0], match[1], match[2])
+            final = [s for s in sessions if s[1] + gap < watermark]
+            for session in final:
+                sessions.remove(session)
+                self.emit_result(entry[0], session[0], session[1], session[2])
             if sessions:
-                self.table.put(entry_key(kt), entry)
+                self._schedule(kt, min(s[1] for s in sessions) + gap)
+                if final:
+                    self.table.put(entry_key(kt), entry)
             else:
                 del self.entries[kt]
                 self.table.delete(entry_key(kt))

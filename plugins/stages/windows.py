@@ -145,7 +145,8 @@ class TimeWindowProcessor(WindowProcessor):
 
     def process(self, events):
         stage, aggs, windows, dirty = self.stage, self.stage.aggregations, self.windows, self.table.dirty
-        size, advance = stage.size, stage.advance
+        size, advance, key_by = stage.size, stage.advance, stage.key_by
+        extract, add, new = aggs.extract, aggs.add, aggs.new
         passed = []
         for ev in events:
             t, wp = ev.time, ev.wp
@@ -158,25 +159,26 @@ class TimeWindowProcessor(WindowProcessor):
                 self.late_event(ev)
                 passed.append(ev)
                 continue
-            extracted = self.extract(ev)
-            if extracted is None:
-                continue
-            values, key, kt = extracted
-            order = ev.order() if aggs.needs_order else None
-            try:  # all of the event's windows, or none
-                for s in starts:
-                    if (s, kt) in windows:
-                        aggs.check(windows[(s, kt)][0][2], values)
+            data = ev.data
+            key = data.get(key_by) if key_by else None
+            kt = key_text(key)
+            try:
+                values = extract(data)
+                if aggs.has_checks:  # all of the event's windows, or none
+                    for s in starts:
+                        if (s, kt) in windows:
+                            aggs.check(windows[(s, kt)][0][2], values)
             except ProcessingError as exc:
                 self.fail(ev, exc)
                 continue
+            order = ev.order() if aggs.needs_order else None
             for s in starts:
                 found = windows.get((s, kt))
                 if found is None:
-                    found = windows[(s, kt)] = ([key, s, aggs.new()], s.to_bytes(8, "big") + kt.encode())
+                    found = windows[(s, kt)] = ([key, s, new()], s.to_bytes(8, "big") + kt.encode())
                     heapq.heappush(self.due, (s + size, s, kt))
                 window, table_key = found
-                aggs.add(window[2], values, order)
+                add(window[2], values, order)
                 dirty[table_key] = window  # Table.put, inlined on the hot path
             passed.append(ev)
         return passed
