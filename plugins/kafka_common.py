@@ -17,6 +17,7 @@ import time
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaConfigurationError, KafkaError
+from kafka.partitioner.default import DefaultPartitioner, murmur2
 
 from runner.components import RunnerError
 
@@ -102,8 +103,30 @@ def consumer(servers: str, options: dict, client_id: str, **settings) -> KafkaCo
     return _connect(KafkaConsumer, servers, merged)
 
 
+class KeyHashCache(DefaultPartitioner):
+    """Kafka's default partitioner (murmur2 of the key), each key's hash remembered: kafka-python
+    computes murmur2 in pure Python, and a stream's keys repeat."""
+
+    LIMIT = 100_000
+
+    def __init__(self):
+        self.hashes: dict[bytes, int] = {}
+
+    def partition(self, topic, key, serialized_key, value, serialized_value, cluster):
+        if serialized_key is None or topic not in cluster.topics():
+            return super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+        h = self.hashes.get(serialized_key)
+        if h is None:
+            if len(self.hashes) >= self.LIMIT:
+                self.hashes.clear()
+            h = self.hashes[serialized_key] = murmur2(serialized_key) & 0x7FFFFFFF
+        partitions = sorted(cluster.partitions_for_topic(topic))
+        return partitions[h % len(partitions)]
+
+
 def producer(servers: str, options: dict, client_id: str, **settings) -> KafkaProducer:
     """A producer of raw bytes (no serializers) tuned for read-back exactly once."""
+    settings.setdefault("partitioner", KeyHashCache())
     merged = client_settings(KafkaProducer, servers, options, {**_PRODUCER, **settings}, client_id=client_id)
     return _connect(KafkaProducer, servers, merged)
 

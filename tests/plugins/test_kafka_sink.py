@@ -6,6 +6,7 @@ import time
 from collections import Counter
 
 import pytest
+from kafka.partitioner.default import DefaultPartitioner
 
 from plugins import broker as embedded
 from plugins import kafka_common as kc
@@ -188,3 +189,29 @@ def test_missing_topic_or_broker_fails_open_naming_it(broker):
     with pytest.raises(RunnerError, match=f"no Kafka broker at {address} within 1.5 s"):
         make_sink(address, "results", options={"bootstrap_timeout_ms": 1500})
     assert time.monotonic() - started < 4
+
+
+class Cluster:
+    """What a partitioner reads of kafka-python's cluster metadata: one topic of n partitions."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def topics(self):
+        return {"t"}
+
+    def partitions_for_topic(self, topic):
+        return set(range(self.n))
+
+    def available_partitions_for_topic(self, topic):
+        return set(range(self.n))
+
+
+def test_remembered_key_hashes_partition_as_kafkas_default_partitioner():
+    cache, default = kc.KeyHashCache(), DefaultPartitioner()
+    keys = [b"", b"a", b"user_0001", "é".encode(), b'"/products/1001"', bytes(range(256))]
+    for n in (1, 2, 3, 7, 12):
+        for key in keys * 2:  # the second time from the cache
+            assert cache.partition("t", None, key, None, None, Cluster(n)) == \
+                default.partition("t", None, key, None, None, Cluster(n))
+    assert set(cache.hashes) == set(keys)
