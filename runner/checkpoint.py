@@ -36,7 +36,7 @@ class Checkpoint:
         self.log = log
         self.sink_states: dict = {}
         self.unconfirmed: list[tuple[int, Output]] = []  # handed to sinks, not yet flushed
-        self.last_ms = 0.0  # the processing thread's time in the last commit
+        self.last_ms = 0.0  # the processing thread's time in the last commit, but for delivering outputs (step 0)
         # (number, outputs, ms, note) of each checkpoint being written: handed to sinks once on disk
         self.writing: deque[tuple[int, list[tuple[int, Output]], float, object]] = deque()
         # on_durable(number, ms, write, note) once a checkpoint is on disk, if set (ms: its
@@ -66,9 +66,9 @@ class Checkpoint:
         5. ``settle`` hands the new outputs to their sinks; step 1 of a later checkpoint
            confirms them.
         """
-        started = time.perf_counter()  # last_ms: what the checkpoint costs the processing thread
         # 0. outputs of checkpoints on disk delivered
         self.settle(wait=False)
+        started = time.perf_counter()  # last_ms: what the checkpoint itself costs the processing
         # 1. confirm earlier deliveries
         confirmed = self._confirm() if confirm or self.pending() else []
         # 2. number new outputs

@@ -312,7 +312,7 @@ class LmdbStore(Store):
 
     def commit(self, meta, outbox_add, outbox_remove):
         """Serialize the checkpoint here (values may change as soon as this returns), then
-        write it in one transaction, synced before it commits, on the writer thread."""
+        write it in one transaction, synced before it commits, in the writer process."""
         while self.in_flight() >= MAX_IN_FLIGHT:
             self._collect()
         # per database: its name, puts and deletes

@@ -30,8 +30,9 @@ class QuietLog:
 
 
 class Observer:
-    """Runner observer: when the first event was processed; per checkpoint, the processing
-    thread's time in it and the time its transaction took to write and sync."""
+    """Runner observer: when the first event was processed; per checkpoint, the processing's
+    time in it (confirming sinks, serializing, handing over; not delivering outputs) and
+    the time its transaction took to write and sync."""
 
     def __init__(self):
         self.first_event: float | None = None  # time.perf_counter()

@@ -74,9 +74,9 @@ def table(results: dict) -> str:
         add(f"{n}: events processed, wall time", f"{p['events']:,} in {p['seconds']:.2f} s")
         add(f"{n}: time to first event", f"{p['first_event_s'] * 1000:.0f} ms")
         cp, wr = p["checkpoint_ms"], p["checkpoint_write_ms"]
-        add(f"{n}: checkpoint median / p99 ({cp['count']}), processing thread", f"{cp['median']:.3f} / {cp['p99']:.3f} ms",
+        add(f"{n}: checkpoint median / p99 ({cp['count']}), processing", f"{cp['median']:.3f} / {cp['p99']:.3f} ms",
             f"{n}.checkpoint_ms.median")
-        add(f"{n}: its transaction written + synced (writer thread)", f"{wr['median']:.3f} / {wr['p99']:.3f} ms")
+        add(f"{n}: its transaction written + synced (writer process)", f"{wr['median']:.3f} / {wr['p99']:.3f} ms")
         add(f"{n}: peak RSS ({p['peak_rss_scope']})", f"{p['peak_rss_mib']:.0f} MiB")
         st = p["state"]
         if st["used_bytes"] is None:
