@@ -81,7 +81,9 @@ class Fetch:
 def records_of(parts: list) -> list[Record]:
     records = []
     for topic, partition, offsets, timestamps, keys, values in parts:
-        records.extend(map(Record, repeat(topic), repeat(partition), offsets, timestamps, keys, values))
+        # tuple.__new__ makes each Record in C (a namedtuple's own __new__ is Python)
+        records.extend(map(tuple.__new__, repeat(Record),
+                           zip(repeat(topic), repeat(partition), offsets, timestamps, keys, values)))
     return records
 
 
