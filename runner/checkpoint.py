@@ -62,7 +62,7 @@ class Checkpoint:
         3. Capture, for one transaction: every table's changes, ``meta`` (offsets, event
            time, watermark), sink states, the checkpoint number and the outbox changes.
         4. The store writes and syncs the transaction while processing goes on (waiting
-           only while two are in flight): once it is on disk, all of it is committed.
+           only while ``MAX_IN_FLIGHT`` are in flight): once it is on disk, all of it is committed.
         5. ``settle`` hands the new outputs to their sinks; step 1 of a later checkpoint
            confirms them.
         """

@@ -6,7 +6,7 @@ with offsets and outbox; everything else is read from the store on demand, so a 
 loads nothing up front.
 
 LMDB writes and syncs that transaction in a process of its own while processing goes on
-(``runner.state_writer``), at most two checkpoints in flight and always in order:
+(``runner.state_writer``), at most ``MAX_IN_FLIGHT`` checkpoints in flight and always in order:
 ``Store.in_flight`` tells how many are not on disk yet, and nothing of a checkpoint may
 leave the process before it is.
 
@@ -31,7 +31,7 @@ from runner.components import RunnerError
 from runner.state_writer import Writer
 
 FORMAT = b"runner-state/2"
-MAX_IN_FLIGHT = 2  # checkpoints being written at once: the processing waits for no sync
+MAX_IN_FLIGHT = 4  # checkpoints being written at once: the processing waits for no sync
 _DELETED = object()
 _MISSING = object()
 _OUTBOX = "outbox"
