@@ -18,6 +18,7 @@ one once, under a key of its own, and the value only refers to it.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import pickle
 import threading
@@ -60,7 +61,7 @@ class Frozen:
 
     def __init__(self, data: bytes, id: bytes | None = None, owner: tuple | None = None):
         self.data = data
-        self.id = id or os.urandom(12)
+        self.id = id or _PROCESS_ID + next(_numbers).to_bytes(8, "big")
         self.owner = owner  # (table, key) it is stored under, once it is
 
     def __reduce__(self):
@@ -72,6 +73,8 @@ class Frozen:
         return (_frozen, (self.id,))
 
 
+_PROCESS_ID = os.urandom(8)  # Frozen ids: unique to this process, then numbered
+_numbers = itertools.count()
 _context = threading.local()  # what the pickling (saving) or unpickling (fetch) of one value refers to
 
 
