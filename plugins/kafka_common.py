@@ -34,6 +34,7 @@ _CONSUMER = {
     "request_timeout_ms": 10000,
     "allow_auto_create_topics": False,  # reading a topic must never create it
 }
+PRODUCER_DELIVERY_TIMEOUT_MS = 15000  # every send is acknowledged or failed by then
 # No retries and no idempotence: a failed send is found (or not) by reading the topic
 # back, which is how the sink gets exactly once on brokers without idempotent producers.
 _PRODUCER = {
@@ -44,7 +45,7 @@ _PRODUCER = {
     "linger_ms": 5,
     "max_block_ms": CONNECT_TIMEOUT_S * 1000,
     "request_timeout_ms": 10000,
-    "delivery_timeout_ms": 15000,  # every send is acknowledged or failed by then
+    "delivery_timeout_ms": PRODUCER_DELIVERY_TIMEOUT_MS,
     # nor writing: a broker would make a missing topic with its default partition count
     "allow_auto_create_topics": False,
 }

@@ -38,11 +38,11 @@ class Helper:
         except subprocess.TimeoutExpired:
             return None
 
-    def close(self) -> None:
-        """Tell the child to stop and wait for it (killed after ``STOP_WAIT_S``)."""
-        send_quietly(self.conn, ("stop",))
+    def close(self, timeout: float = STOP_WAIT_S, message=("stop",)) -> None:
+        """Tell the child to stop (``message``) and wait for it; killed after ``timeout`` s."""
+        send_quietly(self.conn, message)
         try:
-            self.process.wait(STOP_WAIT_S)
+            self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()

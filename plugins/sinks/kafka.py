@@ -5,7 +5,8 @@ Each output becomes one record: header ``runner-id`` = the output's id, key = it
 JSON, partitioned by the default partitioner. Before anything unconfirmed is sent (after
 a start, a failed send or a ``recover``), every partition of the topic is read from its
 last confirmed end offset up to its true end, and outputs whose id is found there are
-skipped. The design and its limits are in ``docs/kafka-exactly-once.md``.
+skipped. The design and its limits are in ``docs/kafka-exactly-once.md``. The records are
+sent by a producer process (``plugins.sinks.kafka_producer``), beside the processing.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import time
 from kafka.errors import KafkaError
 
 from plugins import kafka_common as kc
+from plugins.sinks.kafka_producer import HEADER, RemoteProducer
 from runner import hookimpl
 from runner.components import RunnerError, Sink
 from runner.schema import obj
 
-HEADER = "runner-id"
 FLUSH_MARGIN_S = 5.0  # a flush waits delivery_timeout_ms + this: no send is left in flight
 STALL_S = 10.0  # a read-back that makes no progress for this long fails (and is retried)
 
@@ -64,7 +65,7 @@ class KafkaSink(Sink):
         self.checked: dict[int, int] = {}  # partition -> true end at the last read-back
         self.sent: dict[int, int] = {}  # partition -> end of our acknowledged sends since the last flush
         self.seen: set[str] = set()  # ids found by the last read-back, and ids sent since
-        self.pending: list = []  # send futures since the last flush
+        self.pending = False  # records sent since the last flush
         self.failure: Exception | None = None
         self.needs_read = True
 
@@ -78,12 +79,14 @@ class KafkaSink(Sink):
                 self._read_back()
             if self.producer is None:
                 self.producer = self._new_producer()
+            records = []
             for out in outputs:
-                if out.id in self.seen:
-                    continue
-                self.seen.add(out.id)
-                self.pending.append(self.producer.send(
-                    self.topic, value=out.value, key=out.key, headers=[(HEADER, out.id.encode())]))
+                if out.id not in self.seen:
+                    self.seen.add(out.id)
+                    records.append((out.value, out.key, out.id.encode()))
+            if records:
+                self.producer.send(self.topic, records)
+                self.pending = True
         except Exception as exc:
             self._fail()
             self.failure = exc  # the next flush must fail: these outputs are not all sent
@@ -100,10 +103,8 @@ class KafkaSink(Sink):
             if failure is not None:
                 raise failure
             if self.pending:
-                self.producer.flush(timeout=self._flush_s())
-                for future in self.pending:
-                    meta = future.get(timeout=0)  # raises the send's own error
-                    self.sent[meta.partition] = max(self.sent.get(meta.partition, 0), meta.offset + 1)
+                for partition, end in self.producer.flush(self._flush_s()).items():
+                    self.sent[partition] = max(self.sent.get(partition, 0), end)
         except Exception as exc:
             self._fail()
             raise RunnerError(f"sending to Kafka topic {self.topic} at {self.servers} failed: {exc}") from exc
@@ -111,7 +112,7 @@ class KafkaSink(Sink):
         state = {**(self.base if self.candidate is None else self.candidate), **self.checked}
         for partition, end in self.sent.items():
             state[partition] = max(state.get(partition, 0), end)
-        self.pending, self.sent, self.checked, self.seen = [], {}, {}, set()
+        self.pending, self.sent, self.checked, self.seen = False, {}, {}, set()
         self.candidate = state
         return {f"{self.topic}/{p}": end for p, end in sorted(state.items())}
 
@@ -139,32 +140,26 @@ class KafkaSink(Sink):
             return source.get("bootstrap_servers") or kc.DEFAULT_SERVERS, {**(source.get("options") or {}), **options}
         return kc.DEFAULT_SERVERS, options
 
-    def _new_producer(self):
-        return kc.producer(self.servers, self.options, self.client_id, max_request_size=16 << 20)
+    def _new_producer(self) -> RemoteProducer:
+        return RemoteProducer(self.servers, self.options, self.client_id, {"max_request_size": 16 << 20})
 
     def _fail(self) -> None:
         """Forget every unconfirmed send: their fate is learnt by reading the topic back."""
         self.needs_read = True
         self.candidate = None
-        self.pending, self.sent, self.checked, self.seen = [], {}, {}, set()
+        self.pending, self.sent, self.checked, self.seen = False, {}, {}, set()
         self._drop_producer(wait=self._flush_s())  # a fresh one later: nothing of this one lands after the read-back
 
     def _flush_s(self) -> float:
-        return self.producer.config["delivery_timeout_ms"] / 1000 + FLUSH_MARGIN_S if self.producer else 0.0
+        """How long a flush may wait: every send is acknowledged or failed by then."""
+        delivery_ms = self.options.get("delivery_timeout_ms", kc.PRODUCER_DELIVERY_TIMEOUT_MS)
+        return delivery_ms / 1000 + FLUSH_MARGIN_S
 
     def _drop_producer(self, wait: float) -> None:
         """Let sends in flight finish (at most ``wait`` s), then close the producer."""
-        if self.producer is None:
-            return
-        try:
-            self.producer.flush(timeout=wait)
-        except KafkaError:
-            pass  # not acknowledged in time: the read-back decides
-        try:
-            self.producer.close(timeout=0)
-        except KafkaError:
-            pass  # kafka-python's close raises when sends are still pending; the client is dropped anyway
-        self.producer = None
+        if self.producer is not None:
+            self.producer.stop(wait)
+            self.producer = None
 
     def _read_back(self) -> None:
         """Collect the ids in every partition from its base offset up to its true end.

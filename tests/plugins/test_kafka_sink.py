@@ -113,9 +113,8 @@ def test_a_send_error_makes_the_next_delivery_read_back_first(broker, topic_fact
     try:
         sink.deliver(outputs(range(10)))
         sink.flush()
-        with pytest.raises(Exception):  # the first 20 are sent, then the huge one fails
-            sink.deliver(outputs(range(10, 30)) + [huge] + outputs(range(30, 40)))
-        with pytest.raises(RunnerError):  # a failed delivery fails the flush that follows
+        sink.deliver(outputs(range(10, 30)) + [huge] + outputs(range(30, 40)))  # the first 20 are sent
+        with pytest.raises(RunnerError, match="huge|size|MessageSizeTooLarge"):  # the huge one fails the flush
             sink.flush()
         sink.recover()
         sink.deliver(outputs(range(10, 40)))  # the runner delivers the unconfirmed outputs again
@@ -180,6 +179,26 @@ def test_a_lost_broker_fails_the_flush_and_an_emptied_one_is_read_from_zero(capf
         sink.close()
         embedded.stop_broker(proc)
 
+
+
+def test_a_dead_producer_process_fails_the_flush_and_a_new_one_finishes_the_job(broker, topic_factory):
+    topic = topic_factory(2)
+    sink = make_sink(broker, topic)
+    try:
+        sink.deliver(outputs(range(10)))
+        sink.flush()
+        sink.deliver(outputs(range(10, 20)))
+        sink.producer.process.kill()
+        with pytest.raises(RunnerError, match="Kafka producer process of .* ended unexpectedly"):
+            sink.deliver(outputs(range(20, 25)))
+            sink.flush()
+        sink.recover()
+        sink.deliver(outputs(range(10, 25)))  # the runner delivers the unconfirmed outputs again
+        state = sink.flush()
+    finally:
+        sink.close()
+    assert ids_in(read_topic(broker, topic)) == Counter(f"test/stage/{i}" for i in range(25))
+    assert sum(state.values()) == 25
 
 def test_missing_topic_or_broker_fails_open_naming_it(broker):
     with pytest.raises(RunnerError, match="topic 'nowhere' does not exist"):
