@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 
@@ -106,21 +107,39 @@ def test_a_first_run_reads_the_topic_from_the_start(broker, topic_factory):
     assert ids_in(read_topic(broker, topic)) == Counter(f"test/stage/{i}" for i in range(8))
 
 
-def test_a_send_error_makes_the_next_delivery_read_back_first(broker, topic_factory):
+def too_large(sink):
+    return [Output("test/stage/huge", "result", "stage", b"k", b"x" * 10000, None)], "MessageSizeTooLarge"
+
+
+def producer_killed(sink):
+    sink.producer.process.kill()
+    sink.producer.process.wait(10)
+    return [], "Kafka producer process of .* ended unexpectedly"
+
+
+@pytest.mark.parametrize("failure", [too_large, producer_killed])
+def test_a_send_error_makes_the_next_delivery_read_back_first(broker, topic_factory, failure):
     topic = topic_factory(2)
     sink = make_sink(broker, topic, options={"max_request_size": 4000})
-    huge = Output("test/stage/huge", "result", "stage", b"k", b"x" * 10000, None)
+    errors = []
     try:
         sink.deliver(outputs(range(10)))
         sink.flush()
-        sink.deliver(outputs(range(10, 30)) + [huge] + outputs(range(30, 40)))  # the first 20 are sent
-        with pytest.raises(RunnerError, match="huge|size|MessageSizeTooLarge"):  # the huge one fails the flush
-            sink.flush()
-        sink.recover()
-        sink.deliver(outputs(range(10, 40)))  # the runner delivers the unconfirmed outputs again
-        state = sink.flush()
+        sink.deliver(outputs(range(10, 30)))  # sent
+        extra, error = failure(sink)
+        unconfirmed = outputs(range(10, 30)) + extra + outputs(range(30, 40))
+        for _ in range(3):  # as the runner does: deliver what is unconfirmed until a flush succeeds
+            try:
+                sink.deliver(unconfirmed[20:] if not errors else unconfirmed)
+                state = sink.flush()
+                break
+            except RunnerError as exc:
+                errors.append(str(exc))
+                sink.recover()
+                unconfirmed = [out for out in unconfirmed if out not in extra]
     finally:
         sink.close()
+    assert errors and re.search(error, errors[0]), errors
     assert ids_in(read_topic(broker, topic)) == Counter(f"test/stage/{i}" for i in range(40))
     assert sum(state.values()) == 40
 
@@ -166,7 +185,9 @@ def test_a_lost_broker_fails_the_flush_and_an_emptied_one_is_read_from_zero(capf
                 assert time.monotonic() < deadline
                 sink.recover()
                 time.sleep(0.2)
-        assert state == {f"{topic}/0": 3}
+        # a client that reconnects before the topic is made again can have the broker make it
+        # with its default partitions: those are empty
+        assert {p: end for p, end in state.items() if end} == {f"{topic}/0": 3}
         sink.close()
 
         # a crash before that state was committed: the next start has offset 5, beyond the end 3
@@ -180,25 +201,6 @@ def test_a_lost_broker_fails_the_flush_and_an_emptied_one_is_read_from_zero(capf
         embedded.stop_broker(proc)
 
 
-
-def test_a_dead_producer_process_fails_the_flush_and_a_new_one_finishes_the_job(broker, topic_factory):
-    topic = topic_factory(2)
-    sink = make_sink(broker, topic)
-    try:
-        sink.deliver(outputs(range(10)))
-        sink.flush()
-        sink.deliver(outputs(range(10, 20)))
-        sink.producer.process.kill()
-        with pytest.raises(RunnerError, match="Kafka producer process of .* ended unexpectedly"):
-            sink.deliver(outputs(range(20, 25)))
-            sink.flush()
-        sink.recover()
-        sink.deliver(outputs(range(10, 25)))  # the runner delivers the unconfirmed outputs again
-        state = sink.flush()
-    finally:
-        sink.close()
-    assert ids_in(read_topic(broker, topic)) == Counter(f"test/stage/{i}" for i in range(25))
-    assert sum(state.values()) == 25
 
 def test_missing_topic_or_broker_fails_open_naming_it(broker):
     with pytest.raises(RunnerError, match="topic 'nowhere' does not exist"):
