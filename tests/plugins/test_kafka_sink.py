@@ -193,7 +193,7 @@ def test_a_lost_broker_fails_the_flush_and_an_emptied_one_is_read_from_zero(capf
         # a crash before that state was committed: the next start has offset 5, beyond the end 3
         sink = make_sink(servers, topic, state=committed, options=fast)
         sink.deliver(outputs(range(5, 9)))
-        assert sink.flush() == {f"{topic}/0": 4}
+        assert {p: end for p, end in sink.flush().items() if end} == {f"{topic}/0": 4}
         assert "confirmed offset 5 of results/0 is beyond its end 3" in capfd.readouterr().err
         assert ids_in(read_topic(servers, topic)) == Counter(f"test/stage/{i}" for i in range(5, 9))
     finally:
