@@ -14,7 +14,7 @@ from bisect import insort
 from typing import Any
 
 from runner.components import ProcessingError
-from runner.state import Frozen
+from runner.state import Frozen, FrozenList
 
 RESERVED = frozenset({"id", "stage", "key", "window_start", "window_end", "duration_s", "milestone", "value"})
 SKIP = object()  # an absent or null value: skipped by every aggregation but count
@@ -203,7 +203,7 @@ class Collect(Aggregation):
     so a long collection must not cost its length each time: the accumulator is
     [count, topics, frozen, orders, values, last], where ``frozen`` holds full chunks of
     ``CHUNK`` (their event orders packed, then their values pickled) as
-    ``runner.state.Frozen`` blobs that a checkpoint writes once, ``orders`` (packed, topics
+    ``runner.state.Frozen`` blobs (in a ``FrozenList``) that a checkpoint writes once, ``orders`` (packed, topics
     by index into ``topics``) and ``values`` are the tail, the only part written again, and
     ``last`` is the greatest event order (None while empty)."""
 
@@ -212,7 +212,7 @@ class Collect(Aggregation):
     EXTRACT = "{v} = get({f})\nif {v} is None: {v} = SKIP"
 
     def new(self):
-        return [0, [], [], bytearray(), [], None]
+        return [0, [], FrozenList(), bytearray(), [], None]
 
     def add(self, acc, value, order):
         last = acc[5]
@@ -249,7 +249,7 @@ class Collect(Aggregation):
 
     @classmethod
     def _pack(cls, pairs) -> list:
-        acc = [0, [], [], bytearray(), [], None]
+        acc = [0, [], FrozenList(), bytearray(), [], None]
         for order, value in pairs:
             cls._append(acc, order, value)
         return acc

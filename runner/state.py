@@ -73,6 +73,29 @@ class Frozen:
         return (_frozen, (self.id,))
 
 
+class FrozenList(list):
+    """A list of Frozen blobs that pickles as one reference to them all: a value that holds
+    many Frozen (a long collection) would otherwise cost a call for each at every checkpoint."""
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        saving = getattr(_context, "saving", None)
+        owner = None if saving is None else saving[0]
+        if saving is None or any(f.owner is not None and f.owner != owner for f in self):
+            return (FrozenList, (list(self),))  # each Frozen by its own rule
+        refs = saving[1]
+        for f in self:
+            f.owner = owner
+            refs[f.id] = f
+        return (_frozen_list, ([f.id for f in self],))
+
+
+def _frozen_list(ids: list) -> FrozenList:
+    fetch = _context.fetch
+    return FrozenList([fetch(id) for id in ids])
+
+
 _PROCESS_ID = os.urandom(8)  # Frozen ids: unique to this process, then numbered
 _numbers = itertools.count()
 _context = threading.local()  # what the pickling (saving) or unpickling (fetch) of one value refers to

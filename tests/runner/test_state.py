@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from runner.components import RunnerError
-from runner.state import MAX_IN_FLIGHT, Frozen, LmdbStore
+from runner.state import MAX_IN_FLIGHT, Frozen, FrozenList, LmdbStore
 from tests import faults
 
 
@@ -108,6 +108,25 @@ def test_a_frozen_blob_is_written_once_and_deleted_with_the_last_value_that_held
     assert stored(store) == ({}, {})
     store.close()
 
+
+
+def test_a_frozen_list_refers_to_its_blobs_as_each_frozen_would(tmp_path):
+    store = LmdbStore(tmp_path)
+    table = store.table("t")
+    chunks = FrozenList(Frozen(bytes([n]) * 3000) for n in range(5))
+    table.put(b"k", ["head", chunks])
+    checkpoint(store)
+    values, blobs = stored(store)
+    assert blobs == {f.id: f.data for f in chunks} and len(values[b"k"]) < 300
+    del chunks[1]
+    table.put(b"k", ["head", chunks])
+    checkpoint(store)
+    assert set(stored(store)[1]) == {f.id for f in chunks}
+    store.close()
+    store = LmdbStore(tmp_path)
+    head, back = store.table("t").get(b"k")
+    assert type(back) is FrozenList and [f.data for f in back] == [f.data for f in chunks]
+    store.close()
 
 def test_a_frozen_blob_put_in_a_second_key_is_copied_there_and_outlives_its_owner(tmp_path):
     store = LmdbStore(tmp_path)
