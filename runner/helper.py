@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from multiprocessing import Pipe
@@ -18,6 +19,7 @@ from pathlib import Path
 
 ROOT = str(Path(__file__).resolve().parents[1])  # where ``runner`` and ``plugins`` are importable from
 STOP_WAIT_S = 10.0
+BUFFER_BYTES = 4 << 20  # the kernel caps it at net.core.wmem_max / rmem_max
 
 
 class Helper:
@@ -26,6 +28,8 @@ class Helper:
 
     def __init__(self, module: str, first):
         self.conn, child = Pipe()
+        for end in (self.conn, child):
+            _widen(end)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (ROOT, os.environ.get("PYTHONPATH")))))
         self.process = subprocess.Popen([sys.executable, "-m", module, str(child.fileno())],
                                         pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env)
@@ -47,6 +51,15 @@ class Helper:
             self.process.kill()
             self.process.wait()
         self.conn.close()
+
+
+def _widen(conn: Connection) -> None:
+    """Let a few checkpoints' or polls' worth of messages wait in the socket (it defaults to
+    about 200 KiB, a checkpoint of long sessions can be half of that): a sender blocks only
+    when the other side is that far behind."""
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, BUFFER_BYTES)
 
 
 def child_connection() -> Connection:

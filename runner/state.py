@@ -82,8 +82,8 @@ class FrozenList(list):
     def __reduce__(self):
         saving = getattr(_context, "saving", None)
         owner = None if saving is None else saving[0]
-        if saving is None or any(f.owner is not None and f.owner != owner for f in self):
-            return (FrozenList, (list(self),))  # each Frozen by its own rule
+        if not self or saving is None or any(f.owner is not None and f.owner != owner for f in self):
+            return (FrozenList, (list(self),))  # each Frozen by its own rule (none: a plain value)
         refs = saving[1]
         for f in self:
             f.owner = owner

@@ -126,6 +126,11 @@ def test_a_frozen_list_refers_to_its_blobs_as_each_frozen_would(tmp_path):
     store = LmdbStore(tmp_path)
     head, back = store.table("t").get(b"k")
     assert type(back) is FrozenList and [f.data for f in back] == [f.data for f in chunks]
+    store.table("t").put(b"empty", FrozenList())  # refers to nothing: stored as a plain value
+    checkpoint(store)
+    store.close()
+    store = LmdbStore(tmp_path, readonly=True)
+    assert store.table("t").get(b"empty") == FrozenList() and not stored(store)[0][b"empty"].startswith(b"F")
     store.close()
 
 def test_a_frozen_blob_put_in_a_second_key_is_copied_there_and_outlives_its_owner(tmp_path):
