@@ -335,11 +335,14 @@ class Runner:
                 sink.display(lines)
 
     def _abort(self) -> None:
-        """Leave without a checkpoint, as a crash would: the last checkpoint stands."""
-        for part in ("source", "store"):
+        """Leave without a checkpoint, as a crash would: the last checkpoint stands. What was
+        opened is closed (sinks and sources may run helper processes)."""
+        parts = [*getattr(self, "sinks", {}).values(), getattr(self, "source", None), getattr(self, "store", None)]
+        for part in parts:
             try:
-                getattr(self, part).close()
-            except Exception:  # it may not exist yet, or be what failed
+                if part is not None:
+                    part.close()
+            except Exception:  # it may not be open, or be what failed
                 pass
 
     def _close(self) -> None:

@@ -1,40 +1,49 @@
 """Helper processes: a module of this project run in a child process, with a pipe to its parent.
 
 The runner starts one where a thread would compete with the processing for the interpreter
-lock (the state writer, the Kafka reader). A helper ignores SIGINT and SIGTERM, which reach
-its parent, whose clean stop may still need it; it ends when told, or when the pipe ends
-(its parent gone, a SIGKILL included).
+lock (the state writer, the Kafka reader, the Kafka producer of a sink). A helper ignores
+SIGINT and SIGTERM, which reach its parent, whose clean stop may still need it; it ends when
+told, and is killed with its parent (Linux: the parent-death signal), a SIGKILL included, so
+nothing the parent queued for it is acted on after the parent is gone.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 ROOT = str(Path(__file__).resolve().parents[1])  # where ``runner`` and ``plugins`` are importable from
 STOP_WAIT_S = 10.0
-BUFFER_BYTES = 4 << 20  # the kernel caps it at net.core.wmem_max / rmem_max
+BUFFER_BYTES = 4 << 20  # asked for each way; the kernel caps it at net.core.wmem_max / rmem_max
+_PR_SET_PDEATHSIG = 1
 
 
 class Helper:
     """The parent's end: ``python -m module`` started with ``first`` as its first message;
-    ``conn`` is the pipe, ``process`` the child."""
+    ``conn`` is the pipe, ``process`` the child. ``keep`` are more file descriptors the child
+    holds for as long as it lives (the state writer keeps the state's lock)."""
 
-    def __init__(self, module: str, first):
+    def __init__(self, module: str, first, keep: tuple = ()):
         self.conn, child = Pipe()
         for end in (self.conn, child):
             _widen(end)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (ROOT, os.environ.get("PYTHONPATH")))))
-        self.process = subprocess.Popen([sys.executable, "-m", module, str(child.fileno())],
-                                        pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env)
+        self.process = subprocess.Popen([sys.executable, "-m", module, str(child.fileno()), str(os.getpid())],
+                                        pass_fds=(child.fileno(), *keep), stdin=subprocess.DEVNULL, env=env)
         child.close()
-        self.conn.send(first)
+        try:
+            self.conn.send(first)
+        except OSError:
+            self.close()
+            raise
 
     def exit_status(self, wait: float = 1.0) -> int | None:
         try:
@@ -43,14 +52,24 @@ class Helper:
             return None
 
     def close(self, timeout: float = STOP_WAIT_S, message=("stop",)) -> None:
-        """Tell the child to stop (``message``) and wait for it; killed after ``timeout`` s."""
-        send_quietly(self.conn, message)
+        """Tell the child to stop (``message``) and wait for it, reading (and dropping) what it
+        still sends, so a child blocked on a full pipe sees the order; killed after ``timeout`` s."""
         try:
-            self.process.wait(timeout)
+            send_quietly(self.conn, message)
+            deadline = time.monotonic() + timeout
+            while self.process.poll() is None and time.monotonic() < deadline:
+                try:
+                    if self.conn.poll(0.05):
+                        self.conn.recv()
+                except (EOFError, OSError):
+                    self.process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            pass
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
             self.process.wait()
-        self.conn.close()
+            self.conn.close()
 
 
 def _widen(conn: Connection) -> None:
@@ -63,9 +82,16 @@ def _widen(conn: Connection) -> None:
 
 
 def child_connection() -> Connection:
-    """In the child: the pipe to its parent; SIGINT and SIGTERM are left to the parent."""
+    """In the child: the pipe to its parent; SIGINT and SIGTERM are left to the parent, and
+    the parent's death kills it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the pipe's end stops it instead
+    if os.getppid() != int(sys.argv[2]):  # the parent died before the signal was asked for
+        os._exit(0)
     return Connection(int(sys.argv[1]))
 
 

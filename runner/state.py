@@ -22,6 +22,7 @@ import itertools
 import os
 import pickle
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,6 +33,7 @@ from runner.components import RunnerError
 from runner.state_writer import Writer
 
 FORMAT = b"runner-state/2"
+LOCK_WAIT_S = 2.0  # how long a start waits for a state lock held by another process
 MAX_IN_FLIGHT = 4  # checkpoints being written at once: the processing waits for no sync
 _DELETED = object()
 _MISSING = object()
@@ -158,6 +160,10 @@ class Table:
                     committed[key] = value
         return iter(sorted(committed.items()))
 
+    def changed(self, key: bytes) -> bool:
+        """The key has a change not yet on disk (in this checkpoint or one in flight)."""
+        return key in self.dirty or any(key in changes for changes in self.committing)
+
     def changes(self) -> Iterator[tuple[bytes, Any]]:
         for key, value in self.dirty.items():
             yield key, (None if value is _DELETED else value)
@@ -267,7 +273,13 @@ class LmdbStore(Store):
         self._db(_OUTBOX)
         self._db(_BLOBS)
         self._rtxn = self._env.begin(buffers=False)
-        self._writer = None if readonly else Writer(self.path, map_size)
+        self._writer = None
+        if not readonly:
+            try:
+                self._writer = Writer(self.path, map_size, self._lock)
+            except BaseException:
+                self._release()
+                raise
         self._writing = 0  # commits handed to the writer, not known to be on disk
 
     def _db(self, name: str):
@@ -304,26 +316,34 @@ class LmdbStore(Store):
         for key, raw in cursor.iternext(keys=True, values=True):
             yield key, self._load(table, key, raw)
 
-    def _load(self, table: str, key: bytes, raw: bytes, fetch: bool = True):
-        """Unpickle a stored value, its Frozen blobs read back (with ``fetch``) and
-        remembered as its references."""
+    def _load(self, table: str, key: bytes, raw: bytes):
+        """Unpickle a stored value, its Frozen blobs read back and remembered as its references."""
         if raw[:1] != _REFERS:
             return pickle.loads(raw)
+        value, ids = self._unpickle(table, key, raw, fetch=True)
+        holder = self.tables.get(table)
+        if holder is not None and not holder.changed(key):  # else this read is older than what it holds
+            holder.refs[key] = ids
+        return value
+
+    def _unpickle(self, table: str, key: bytes, raw: bytes, fetch: bool) -> tuple[Any, set]:
+        """A value that refers to Frozen blobs, and their ids (its blobs read back with ``fetch``)."""
         ids = set()
         blobs, owner = self._dbs.get(_BLOBS), (table, key)
 
         def load(id: bytes) -> Frozen:
             ids.add(id)
-            return Frozen(self._rtxn.get(id, db=blobs) if fetch else b"", id, owner)
+            data = self._rtxn.get(id, db=blobs) if fetch else b""
+            if data is None:
+                raise RunnerError(f"the state at {self.path} is damaged: table {table}, key {key!r} refers to "
+                                  f"blob {id.hex()}, which is missing; reset it with 'runner state reset'")
+            return Frozen(data, id, owner)
 
         _context.fetch = load
         try:
-            value = pickle.loads(memoryview(raw)[1:])
+            return pickle.loads(memoryview(raw)[1:]), ids
         finally:
             _context.fetch = None
-        if table in self.tables:
-            self.tables[table].refs[key] = ids
-        return value
 
     def meta(self, key, default=None):
         db = self._dbs.get(_META)
@@ -372,10 +392,12 @@ class LmdbStore(Store):
 
     def _blob_writes(self, table: Table, db, key: bytes, frozen: dict, puts: list, deletes: list) -> None:
         """Add the blob puts and deletes that make ``key``'s references those of ``frozen``."""
-        if key not in table.refs:  # never read nor written here: what does the disk copy refer to?
+        if key not in table.refs and not any(key in changes for changes in table.committing):
+            # never read nor written here: what does the disk copy refer to? (a write in
+            # flight that left no refs refers to nothing: it deleted what the disk copy held)
             raw = self._rtxn.get(key, db=db)
             if raw is not None and raw[:1] == _REFERS:
-                self._load(table.name, key, raw, fetch=False)
+                table.refs[key] = self._unpickle(table.name, key, raw, fetch=False)[1]
         before = table.refs.pop(key, ())
         if frozen:
             table.refs[key] = set(frozen)
@@ -411,16 +433,18 @@ class LmdbStore(Store):
             self._release()
 
     def _release(self):
-        if self._writer is not None:
-            self._writer.close()  # it has stopped writing before the lock is let go
-            self._writer = None
-        if self._env is not None:
-            self._rtxn.abort()
-            self._env.close()
-            self._env = None
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        try:
+            if self._writer is not None:
+                self._writer.close()  # it has stopped writing before the lock is let go
+                self._writer = None
+        finally:
+            if self._env is not None:
+                self._rtxn.abort()
+                self._env.close()
+                self._env = None
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
 
 
 def take_lock(path: Path):
@@ -432,9 +456,15 @@ def take_lock(path: Path):
     if not os.access(path, os.W_OK):
         raise RunnerError(f"the state directory {path} is not writable")
     lock = open(path / "runner.lock", "a+")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() < deadline:  # the state writer of a runner that just died may still hold it
+                time.sleep(0.05)
+                continue
         lock.seek(0)
         owner = lock.read().strip() or "unknown"
         lock.close()

@@ -30,12 +30,15 @@ import lmdb
 
 from runner.helper import Helper, child_connection, send_quietly
 
+ANSWER_S = 120.0  # a checkpoint not on disk after this long is a stuck disk, not a slow one
+
 
 class Writer(Helper):
-    """The parent's end."""
+    """The parent's end. The child keeps ``lock`` (the state's lock file) open for as long as
+    it lives: no other runner can open the store while it may still write."""
 
-    def __init__(self, path: Path, map_size: int):
-        super().__init__("runner.state_writer", (str(path), map_size))
+    def __init__(self, path: Path, map_size: int, lock):
+        super().__init__("runner.state_writer", (str(path), map_size), keep=(lock.fileno(),))
         self.path = path
 
     def write(self, writes: list) -> None:
@@ -51,11 +54,16 @@ class Writer(Helper):
 
     def done(self) -> tuple[float, float]:
         """Wait for the reply to the oldest write: (ms writing it, time.time() synced); raises
-        ``OSError`` with the child's message if it failed, or if the child is gone."""
+        ``OSError`` with the child's message if it failed, if the child is gone, or if it
+        did not answer within ``ANSWER_S``."""
         try:
-            message = self.conn.recv()
+            answered = self.conn.poll(ANSWER_S)
+            message = self.conn.recv() if answered else None
         except (EOFError, OSError):
             raise OSError(self._gone()) from None
+        if message is None:
+            raise OSError(f"the state writer process of {self.path} wrote nothing for {ANSWER_S:g} s: "
+                          f"is the disk stuck? the last checkpoint on disk stands")
         if message[0] == "error":
             raise OSError(message[1])
         return message[1:]
@@ -71,17 +79,17 @@ def main() -> None:
     try:
         path, map_size = conn.recv()
         env = lmdb.open(path, map_size=map_size, max_dbs=256, sync=True, metasync=True, lock=True, readahead=False)
-    except (EOFError, OSError):
-        return
     except lmdb.Error as exc:
         send_quietly(conn, ("error", f"the state writer cannot open {path}: {exc}"))
         return
+    except (EOFError, OSError):
+        return
     try:
         _serve(conn, env)
-    except (EOFError, BrokenPipeError, ConnectionResetError):
-        pass  # the parent is gone: what was committed stands
     except lmdb.Error as exc:
         send_quietly(conn, ("error", f"a checkpoint could not be written to {path}: {exc}"))
+    except (EOFError, OSError):
+        pass  # the parent is gone: what was committed stands
     finally:
         env.close()
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 
 from plugins.bench import kafka as bk
-from plugins.bench.common import (Interrupted, LatencyObserver, Observer, QuietLog, peak_rss_mib, percentile,
-                                  reset_peak_rss, say, summary_ms)
+from plugins.bench.common import (HelperMemory, Interrupted, LatencyObserver, Observer, QuietLog, peak_rss_mib,
+                                  percentile, reset_peak_rss, say, summary_ms)
 from runner import config
 from runner.components import RunnerError
 from runner.dump import dump_state
@@ -99,7 +99,8 @@ def throughput(pipeline, events: int, ceiling_eps: float) -> dict:
     runner = Runner(pipeline, until_end=True, log=log, observer=observer)
     run_scoped = reset_peak_rss()
     started = time.perf_counter()
-    _run(runner, log)
+    with HelperMemory() as helpers:
+        _run(runner, log)
     seconds = time.perf_counter() - started
     rss = peak_rss_mib()
     first = (observer.first_event or started) - started
@@ -114,6 +115,7 @@ def throughput(pipeline, events: int, ceiling_eps: float) -> dict:
         "checkpoints": len(observer.commit_ms), "checkpoint_ms": summary_ms(observer.commit_ms),
         "checkpoint_write_ms": summary_ms(observer.write_ms),
         "peak_rss_mib": rss, "peak_rss_scope": "this run" if run_scoped else "the process so far",
+        "helpers_peak_rss_mib": helpers.peak_mib,
         "state": state_figures(pipeline, runner),
     }
     say(f"{name}: {eps:,.0f} events/s ({result['ratio_to_ceiling']:.2f}x the ceiling), "

@@ -77,7 +77,8 @@ def table(results: dict) -> str:
         add(f"{n}: checkpoint median / p99 ({cp['count']}), processing", f"{cp['median']:.3f} / {cp['p99']:.3f} ms",
             f"{n}.checkpoint_ms.median")
         add(f"{n}: its transaction written + synced (writer process)", f"{wr['median']:.3f} / {wr['p99']:.3f} ms")
-        add(f"{n}: peak RSS ({p['peak_rss_scope']})", f"{p['peak_rss_mib']:.0f} MiB")
+        add(f"{n}: peak RSS ({p['peak_rss_scope']}), runner + its helper processes",
+            f"{p['peak_rss_mib']:.0f} + {p['helpers_peak_rss_mib']:.0f} MiB")
         st = p["state"]
         if st["used_bytes"] is None:
             add(f"{n}: state ({st['backend']})", f"{st['open_total']:,} open keys/windows")

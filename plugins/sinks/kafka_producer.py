@@ -71,7 +71,7 @@ def main() -> None:
         except RunnerError as exc:
             producer, failure = None, str(exc)
         _serve(conn, producer, failure)
-    except (EOFError, BrokenPipeError, ConnectionResetError):
+    except (EOFError, OSError):
         pass  # the parent is gone
 
 

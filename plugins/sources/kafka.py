@@ -116,21 +116,35 @@ class KafkaSource(Source):
 
         Never raises for a lost broker: returns [] and says so on stderr at most every
         5 s, and goes on where it was once the broker is back. Raises ``RunnerError`` if
-        the reader process died.
+        the reader process died after it took over.
         """
-        if self.local is not None and self.reader.is_ready():
-            # hand over at the positions reached: nothing is read twice, nothing skipped
-            self.reader.assign({name: position for name, (position, _) in self.status.items()})
-            self.local.close()
-            self.local = None
+        if self.local is not None and self.reader is not None:
+            self._hand_over()
         got = (self.local or self.reader).read(timeout)
         records = []
         if got is not None:
             records, status = got
-            self.status.update(status)
+            for name, (position, high) in status.items():
+                # a position kafka-python does not know (a reset pending) stays the last known
+                self.status[name] = (self.status[name][0] if position is None else position, high)
         if not records and time.monotonic() - self.last_check >= STATUS_EVERY_S:
             self._check_health()
         return records
+
+    def _hand_over(self) -> None:
+        """Once the reader process is ready, it reads on from the positions reached here:
+        nothing is read twice, nothing skipped. If it failed to start, this process reads on."""
+        try:
+            if not self.reader.is_ready():
+                return
+            self.reader.assign({name: position for name, (position, _) in self.status.items()})
+        except RunnerError as exc:
+            kc.warn(f"WARNING: the Kafka reader process did not start ({exc}); reading in the runner's process")
+            self.reader.close()
+            self.reader = None
+            return
+        self.local.close()
+        self.local = None
 
     def caught_up(self, partition: str) -> bool:
         """True when the partition's position has reached the high watermark of its last fetch."""

@@ -123,7 +123,10 @@ class Reader(Helper):
         """Read every partition from its offset in ``offsets`` (None: from its log start); what
         was read before is dropped. With ``timeout``, wait for the positions and return them."""
         self.epoch += 1
-        self.conn.send(("assign", self.epoch, offsets))
+        try:
+            self.conn.send(("assign", self.epoch, offsets))
+        except OSError:
+            raise RunnerError(self._gone()) from None
         if timeout is None:
             return None
         deadline = time.monotonic() + timeout
@@ -143,12 +146,15 @@ class Reader(Helper):
             return None
         return records_of(message[2]), message[3]
 
+    def _gone(self) -> str:
+        return (f"the Kafka reader process of {self.servers} ended unexpectedly "
+                f"(exit status {self.exit_status()}); see its messages above")
+
     def _receive(self):
         try:
             message = self.conn.recv()
         except (EOFError, OSError):
-            raise RunnerError(f"the Kafka reader process of {self.servers} ended unexpectedly "
-                              f"(exit status {self.exit_status()}); see its messages above") from None
+            raise RunnerError(self._gone()) from None
         if message[0] == "error":
             raise RunnerError(message[1])
         if message[0] == "ready":
@@ -165,7 +171,7 @@ def main() -> None:
         _serve(conn, parent, Fetch(kc.consumer(servers, options, client_id, **settings)))
     except RunnerError as exc:
         send_quietly(conn, ("error", str(exc)))
-    except (EOFError, BrokenPipeError, ConnectionResetError):
+    except (EOFError, OSError):
         pass  # the parent is gone
 
 

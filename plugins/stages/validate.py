@@ -152,7 +152,8 @@ class ValidateProcessor(Processor):
                 if data.get(name) is None and name in required:
                     yield (MISSING, name, f"missing required field: {name}")
                 else:
-                    yield (WRONG_TYPE, name, f"wrong type for field {name}: expected {_type_words(kind.types)}")
+                    declared = (self.stage.schema.get("properties", {}).get(name) or {}).get("type")
+                    yield (WRONG_TYPE, name, f"wrong type for field {name}: expected {_type_words(declared or kind.types)}")
             else:
                 yield (CONSTRAINT, name, _constraint(name, err))
 

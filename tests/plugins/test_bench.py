@@ -50,6 +50,8 @@ def test_quick_bench_reports_every_figure(broker, tmp_path, capsys):
                  p["state"]["open_total"])
     basic, fault_tolerant = figures["pipelines"]
     assert basic["state"]["backend"] == "memory" and basic["state"]["used_bytes"] is None
+    # its state writer, Kafka reader and DLQ producer live through the whole run
+    positive(fault_tolerant["helpers_peak_rss_mib"])
     state = fault_tolerant["state"]
     assert state["backend"] == "lmdb"
     assert set(state["open"]) == {"page_stats", "traffic_5m", "trending_10m", "sessions"}

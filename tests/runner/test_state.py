@@ -164,6 +164,21 @@ def test_a_key_written_blind_over_a_value_with_blobs_drops_them_when_deleted(tmp
 
 # --- the writer process ------------------------------------------------------------------------
 
+def test_a_value_whose_blob_is_missing_fails_naming_it(tmp_path):
+    store = LmdbStore(tmp_path)
+    lost = Frozen(b"a" * 5000)
+    store.table("t").put(b"k", [lost, "tail"])
+    checkpoint(store)
+    with store._env.begin(write=True) as txn:  # damage it as a lost disk page would
+        assert txn.delete(lost.id, db=store._env.open_db(b"blobs", txn=txn))
+    store.close()
+
+    store = LmdbStore(tmp_path)
+    with pytest.raises(RunnerError, match=f"table t, key b'k' refers to blob {lost.id.hex()}, which is missing"):
+        store.table("t").get(b"k")
+    store.close()
+
+
 def test_a_killed_writer_process_fails_the_next_checkpoint_and_the_last_one_stands(tmp_path):
     store = LmdbStore(tmp_path)
     store.table("t").put(b"k", 1)
