@@ -217,13 +217,33 @@ class Collect(Aggregation):
     def add(self, acc, value, order):
         last = acc[5]
         if last is not None and last > order:  # out of event order (rare): insert it
-            limit = self.spec.get("limit")
-            pairs = self._pairs(acc)
-            insort(pairs, (order, value), key=lambda item: item[0])
-            return self._pack(pairs[:limit] if limit else pairs)
+            return self._insert(acc, order, value, self.spec.get("limit"))
         if "limit" not in self.spec or acc[0] < self.spec["limit"]:
             self._append(acc, order, value)
         return acc
+
+    @classmethod
+    def _insert(cls, acc, order, value, limit):
+        """``acc`` with (order, value) in its place: the frozen chunks before that place stay
+        as they are (a checkpoint does not write them again), the rest is packed again."""
+        frozen, size = acc[2], _ORDER.size
+        low, high = 0, len(frozen)
+        while low < high:  # the first chunk whose last order is after ``order``
+            mid = (low + high) // 2
+            t, i, p, o = _ORDER.unpack_from(frozen[mid].data, (cls.CHUNK - 1) * size)
+            if (t, acc[1][i], p, o) > order:
+                high = mid
+            else:
+                low = mid + 1
+        kept = low * cls.CHUNK
+        if limit and kept >= limit:  # its place is past the limit
+            return acc
+        rest = cls._pairs([0, acc[1], frozen[low:], acc[3], acc[4], None])
+        insort(rest, (order, value), key=lambda item: item[0])
+        packed = [kept, list(acc[1]), FrozenList(frozen[:low]), bytearray(), [], None]
+        for order, value in rest[:limit - kept] if limit else rest:
+            cls._append(packed, order, value)
+        return packed
 
     @classmethod
     def _append(cls, acc, order, value) -> None:

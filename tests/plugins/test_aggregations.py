@@ -145,6 +145,21 @@ def test_a_collection_longer_than_its_frozen_chunks_keeps_event_order_through_in
     assert aggs.results(aggs.merge(*halves)) == {"c": list(range(n))}
     assert len(halves[0][0][2]) == (n // 2 + 1) // Collect.CHUNK  # its full chunks are frozen
 
+
+def test_an_insert_out_of_order_keeps_the_frozen_chunks_before_its_place():
+    aggs = Aggregations({"c": {"collect": "x"}})
+    accs = aggs.new()
+    n = Collect.CHUNK * 4
+    for i in range(0, 2 * n, 2):  # even orders only, leaving room between them
+        aggs.add(accs, aggs.extract({"x": i}), order(i))
+    chunks = list(accs[0][2])
+    aggs.add(accs, aggs.extract({"x": 2 * n - 3}), order(2 * n - 3))  # into the last chunk
+    assert [c.id for c in accs[0][2][:3]] == [c.id for c in chunks[:3]]  # not frozen again
+    assert accs[0][2][3].id != chunks[3].id
+    aggs.add(accs, aggs.extract({"x": 1}), order(1))  # into the first: all after it change
+    assert not {c.id for c in accs[0][2]} & {c.id for c in chunks}
+    assert aggs.results(accs) == {"c": sorted([*range(0, 2 * n, 2), 2 * n - 3, 1])}
+
 def test_first_and_last_are_in_event_order_and_skip_nulls():
     spec = {"f": {"first": "x"}, "l": {"last": "x"}}
     events = values([None, "a", [1, 2], ABSENT, 0, None])

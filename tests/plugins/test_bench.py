@@ -94,8 +94,8 @@ def test_bench_rejects_a_pipeline_without_a_kafka_source(broker, tmp_path, capsy
 
 
 def test_ctrl_c_stops_the_broker_and_removes_the_temporary_files():
-    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "bench", "--quick", "--rate", "100",
-                             "--latency-seconds", "600"],
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "runner.cli", "bench", "--quick",
+                             "--rate", "100", "--latency-seconds", "600"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     running = threading.Event()
@@ -111,7 +111,13 @@ def test_ctrl_c_stops_the_broker_and_removes_the_temporary_files():
     try:
         assert running.wait(240), "".join(lines)  # a guard against a hang, not a timing check
         proc.send_signal(signal.SIGINT)  # while the pipeline runs, with its own SIGINT handler
-        assert proc.wait(60) == 130, "".join(lines)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:  # show where it hangs: faulthandler prints every thread
+            proc.send_signal(signal.SIGABRT)
+            reader.join(10)
+            code = None
+        assert code == 130, "".join(lines)
     finally:
         if proc.poll() is None:
             proc.kill()
