@@ -144,28 +144,42 @@ def _at_end(consumer: KafkaConsumer, tp: TopicPartition) -> bool:
 
 
 # The producer of the latency phases: a process of its own, as producers are (a thread would
-# take the pipeline's interpreter lock and slow it down). It makes its records, connects,
-# says "ready", sends at the rate once told "go", and reports what it sent.
+# take the pipeline's interpreter lock and slow it down), and librdkafka's (confluent-kafka),
+# not kafka-python's: the load must not take the cores the pipeline is measured on. Sending
+# 5,000 records/s took kafka-python 0.7-0.9 of this machine's two cores, librdkafka 0.14
+# (sending what is due each millisecond; a sleep per record cost more than the send). It
+# makes its records, connects, says "ready", sends at the rate once told "go", and reports
+# what it sent. murmur2: the partitions Java clients and kafka-python choose for a key.
 PRODUCER = r"""
 import json, sys, time
-from kafka import KafkaProducer
+from confluent_kafka import Producer
 from plugins.bench.kafka import generator
 bootstrap, topic, rate, count, linger = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 gen = generator(start_ms=int(time.time() * 1000), rate=rate)
 records = [gen.record(i) for i in range(count)]
-producer = KafkaProducer(bootstrap_servers=bootstrap, client_id="runner-bench-steady", acks=1, linger_ms=linger)
+failures = []
+def delivered(err, msg):
+    if err is not None:
+        failures.append(str(err))
+producer = Producer({"bootstrap.servers": bootstrap, "client.id": "runner-bench-steady", "acks": 1,
+                     "linger.ms": linger, "partitioner": "murmur2_random", "on_delivery": delivered})
+if producer.list_topics(topic, timeout=10).topics[topic].error is not None:
+    sys.exit(f"topic {topic} is not there")
 print("ready", flush=True)
 if sys.stdin.readline().strip() != "go":
     sys.exit(0)
-began = time.monotonic()
-for i, (key, value) in enumerate(records):
-    delay = began + i / rate - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
-    producer.send(topic, key=key, value=value, timestamp_ms=int(time.time() * 1000))
+began, sent = time.monotonic(), 0
+while sent < count:  # each turn (1 ms at least), the records due by now
+    due = min(count, int((time.monotonic() - began) * rate) + 1)
+    stamp = int(time.time() * 1000)
+    for key, value in records[sent:due]:
+        producer.produce(topic, key=key, value=value, timestamp=stamp)
+    sent = due
+    producer.poll(0)
+    time.sleep(max(0.001, began + sent / rate - time.monotonic()))
 seconds = time.monotonic() - began
-producer.flush(timeout=60)
-producer.close(timeout=10)
+if producer.flush(60) or failures:
+    sys.exit(f"{len(failures)} records not sent: {failures[:3]}")
 print(json.dumps({"sent": count, "send_seconds": seconds}), flush=True)
 """
 

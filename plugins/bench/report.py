@@ -94,7 +94,7 @@ def table(results: dict) -> str:
             f"{lat['measured']:,} of {lat['sent']:,}, {lat['achieved_rate'] or 0:,.0f}/s")
     low = results.get("latency_floor")
     if low:
-        add(f"latency floor: kafka-python alone at {low['rate']:g}/s: p50 / p99 / max",
+        add(f"latency floor: kafka-python alone at {low['rate']:g}/s for {low['seconds']:g} s: p50 / p99 / max",
             f"{low['p50_ms']:.1f} / {low['p99_ms']:.1f} / {low['max_ms']:.1f} ms")
     rec = results.get("recovery")
     if rec:
