@@ -4,7 +4,9 @@ The runner starts one where a thread would compete with the processing for the i
 lock (the state writer, the Kafka reader, the Kafka producer of a sink). A helper ignores
 SIGINT and SIGTERM, which reach its parent, whose clean stop may still need it; it ends when
 told, and is killed with its parent (Linux: the parent-death signal), a SIGKILL included, so
-nothing the parent queued for it is acted on after the parent is gone.
+nothing the parent queued for it is acted on after the parent is gone. Linux sends that
+signal when the *thread* that started the helper ends: start helpers from the thread that
+runs the pipeline (the runner opens sources and sinks there), not from a passing one.
 """
 
 from __future__ import annotations

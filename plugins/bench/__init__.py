@@ -24,6 +24,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from plugins.bench.common import INTERRUPTED
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PIPELINES = ("pipelines/basic.yaml", "pipelines/fault_tolerant.yaml")
 LATENCY_PIPELINE = "fault_tolerant"
@@ -86,9 +88,10 @@ def run(args: argparse.Namespace) -> int:
     from plugins.bench.common import say
 
     config = settings(args)
-    previous = None
+    previous = {}
+    INTERRUPTED.clear()
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _terminate)
+        previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with contextlib.ExitStack() as cleanup:
             results = measure(config, cleanup)
@@ -96,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
         say("interrupted: broker stopped, temporary files removed")
         return 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(report.table(results), flush=True)
     if args.json:
         report.write_json(args.json, results)
@@ -105,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _terminate(signum, frame):
+def _interrupt(signum, frame):
+    INTERRUPTED.set()
     raise KeyboardInterrupt
 
 

@@ -147,3 +147,15 @@ def _children() -> list[str]:
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl+C or SIGTERM while a phase ran (the runner stops cleanly on them and returns)."""
+
+
+# Set by the bench's Ctrl+C and SIGTERM handler, which also raises KeyboardInterrupt: where
+# that lands in kafka-python's event loop, it is logged and dropped (kafka/net/selector.py
+# catches BaseException), so the phases look at this too.
+INTERRUPTED = threading.Event()
+
+
+def stop_if_interrupted() -> None:
+    """Raise ``Interrupted`` if Ctrl+C or SIGTERM came, even if its KeyboardInterrupt was lost."""
+    if INTERRUPTED.is_set():
+        raise Interrupted()

@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from plugins import broker
 from plugins import kafka_common as kc
-from plugins.bench.common import percentile, say
+from plugins.bench.common import percentile, say, stop_if_interrupted
 from plugins.clickstream import DEFAULT_START_MS, ClickGenerator
 from runner.components import RunnerError
 
@@ -88,6 +88,7 @@ def fill(bootstrap: str, topic: str, events: int) -> dict:
             bad += gen.bad_kind(i) is not None
             if (i + 1) % step == 0 or i + 1 == events:
                 say(f"fill: {i + 1}/{events} events ({(i + 1) * 100 // events}%)")
+                stop_if_interrupted()
             if failures:
                 break
         producer.flush(timeout=120)
@@ -120,6 +121,7 @@ def ceiling(bootstrap: str, topic: str, partitions: int) -> dict:
     try:
         count, first = 0, None
         while True:
+            stop_if_interrupted()
             for records in consumer.poll(timeout_ms=100).values():
                 count += len(records)
             if first is None and count:
@@ -235,6 +237,7 @@ def latency_floor(bootstrap: str, topic: str, partitions: int, rate: float, seco
         latencies: list[float] = []
         deadline = time.monotonic() + seconds + 60
         while len(latencies) < count and time.monotonic() < deadline:
+            stop_if_interrupted()
             for records in consumer.poll(timeout_ms=100).values():
                 now_ms = time.time() * 1000
                 latencies.extend(now_ms - r.timestamp for r in records)

@@ -13,7 +13,7 @@ import yaml
 
 from plugins.bench import kafka as bk
 from plugins.bench.common import (HelperMemory, Interrupted, LatencyObserver, Observer, QuietLog, peak_rss_mib,
-                                  percentile, reset_peak_rss, say, summary_ms)
+                                  percentile, reset_peak_rss, say, stop_if_interrupted, summary_ms)
 from runner import config
 from runner.components import RunnerError
 from runner.dump import dump_state
@@ -79,6 +79,7 @@ def _locate(relative: str, pipeline_path: Path) -> str:
 
 def _run(runner: Runner, log: QuietLog, stopped_by_bench=lambda: False) -> None:
     """``runner.run()``; a stop the bench did not ask for is Ctrl+C (or SIGTERM)."""
+    stop_if_interrupted()  # from here on, the runner's handler takes them
     try:
         runner.run()
     except KeyboardInterrupt:
