@@ -110,7 +110,8 @@ def throughput(pipeline, events: int, ceiling_eps: float) -> dict:
         say(f"WARNING: {name} processed {runner.processed} records, not the {events} of the backlog")
     result = {
         "name": name, "path": pipeline.path, "events": runner.processed, "seconds": seconds,
-        "events_per_s": eps, "ratio_to_ceiling": eps / ceiling_eps if ceiling_eps else None,
+        "events_per_s": eps, "ceiling_events_per_s": ceiling_eps,
+        "ratio_to_ceiling": eps / ceiling_eps if ceiling_eps else None,
         "first_event_s": first,
         "after_first_event_events_per_s": runner.processed / (seconds - first) if seconds > first else None,
         "checkpoints": len(observer.commit_ms), "checkpoint_ms": summary_ms(observer.commit_ms),

@@ -36,13 +36,17 @@ def test_quick_bench_reports_every_figure(broker, tmp_path, capsys):
 
     assert figures["fill"]["events"] == n
     positive(figures["fill"]["bad"], figures["fill"]["events_per_s"])
-    ceiling = figures["ceiling"]
-    assert ceiling["events"] == ceiling["end_offsets"] == n
-    positive(ceiling["seconds"], ceiling["events_per_s"])
+    assert len(figures["ceilings"]) == 2 and figures["ceiling"] == figures["ceilings"][0]
+    for ceiling in figures["ceilings"]:
+        assert ceiling["events"] == ceiling["end_offsets"] == n
+        positive(ceiling["seconds"], ceiling["events_per_s"])
 
     assert [p["name"] for p in figures["pipelines"]] == ["basic", "fault_tolerant"]
-    for p in figures["pipelines"]:
+    for p, ceiling in zip(figures["pipelines"], figures["ceilings"]):
         assert p["events"] == n, p["name"]  # exactly the backlog, no more, no less
+        # each against the ceiling taken just before it
+        assert p["ceiling_events_per_s"] == ceiling["events_per_s"]
+        assert p["ratio_to_ceiling"] == p["events_per_s"] / ceiling["events_per_s"]
         cp = p["checkpoint_ms"]
         assert cp["count"] == p["checkpoints"] >= n // 100
         positive(p["seconds"], p["events_per_s"], p["ratio_to_ceiling"], p["first_event_s"],
