@@ -175,7 +175,11 @@ while sent < count:  # each turn (1 ms at least), the records due by now
     due = min(count, int((time.monotonic() - began) * rate) + 1)
     stamp = int(time.time() * 1000)
     for key, value in records[sent:due]:
-        producer.produce(topic, key=key, value=value, timestamp=stamp)
+        try:
+            producer.produce(topic, key=key, value=value, timestamp=stamp)
+        except BufferError:  # librdkafka's queue is full: the broker is behind; 60 s to drain it
+            producer.flush(60)
+            producer.produce(topic, key=key, value=value, timestamp=stamp)
     sent = due
     producer.poll(0)
     time.sleep(max(0.001, began + sent / rate - time.monotonic()))
