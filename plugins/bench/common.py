@@ -52,16 +52,35 @@ class Observer:
 
 
 class LatencyObserver(Observer):
-    """Also: per record, the wall time its checkpoint was on disk minus the record's timestamp (ms)."""
+    """Also: per record, the wall time its checkpoint was on disk minus the record's timestamp
+    (ms); a progress line every ``PROGRESS_S`` out of ``expected`` records."""
 
-    def __init__(self):
+    def __init__(self, expected: int):
         super().__init__()
         self.latencies: list[float] = []
+        self.progress = Progress("latency", expected)
 
     def on_checkpoint(self, number: int, commit_ms: float, write, record_timestamps: list) -> None:
         synced_ms = (time.time() if write is None else write[1]) * 1000
         super().on_checkpoint(number, commit_ms, write, record_timestamps)
         self.latencies.extend(synced_ms - ts for ts in record_timestamps if ts is not None)
+        self.progress.show(self.records)
+
+
+class Progress:
+    """A line every ``EVERY_S`` on a phase that takes time: how many of its records are through."""
+
+    EVERY_S = 10.0
+
+    def __init__(self, phase: str, expected: int):
+        self.phase, self.expected = phase, expected
+        self.next = time.monotonic() + self.EVERY_S
+
+    def show(self, done: int) -> None:
+        now = time.monotonic()
+        if now >= self.next:
+            self.next = now + self.EVERY_S
+            say(f"{self.phase}: {done:,}/{self.expected:,} records through")
 
 
 def percentile(values, p: float) -> float | None:

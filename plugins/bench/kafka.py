@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from plugins import broker
 from plugins import kafka_common as kc
-from plugins.bench.common import percentile, say, stop_if_interrupted
+from plugins.bench.common import Progress, percentile, say, stop_if_interrupted
 from plugins.clickstream import DEFAULT_START_MS, ClickGenerator
 from runner.components import RunnerError
 
@@ -240,8 +240,10 @@ def latency_floor(bootstrap: str, topic: str, partitions: int, rate: float, seco
         producer.go()
         latencies: list[float] = []
         deadline = time.monotonic() + seconds + 60
+        progress = Progress("latency floor", count)
         while len(latencies) < count and time.monotonic() < deadline:
             stop_if_interrupted()
+            progress.show(len(latencies))
             for records in consumer.poll(timeout_ms=100).values():
                 now_ms = time.time() * 1000
                 latencies.extend(now_ms - r.timestamp for r in records)

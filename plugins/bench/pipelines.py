@@ -159,7 +159,7 @@ def latency(pipeline, cluster: bk.Cluster, topic: str, rate: float, seconds: flo
     count = max(1, int(rate * seconds))
     say(f"latency: {name} at {rate:g} events/s for {seconds:g} s ({count} events)")
     producer = bk.SteadyProducer(cluster.bootstrap, topic, rate, count)
-    observer, sent, asked, failed = LatencyObserver(), {}, [], []
+    observer, sent, asked, failed = LatencyObserver(count), {}, [], []
 
     def watch():  # stops the runner once every record sent is through a checkpoint (or later)
         try:
