@@ -392,9 +392,10 @@ class LmdbStore(Store):
 
     def _blob_writes(self, table: Table, db, key: bytes, frozen: dict, puts: list, deletes: list) -> None:
         """Add the blob puts and deletes that make ``key``'s references those of ``frozen``."""
-        if key not in table.refs and not any(key in changes for changes in table.committing):
-            # never read nor written here: what does the disk copy refer to? (a write in
-            # flight that left no refs refers to nothing: it deleted what the disk copy held)
+        if key not in table.refs:
+            # never read nor written with blobs here: what does the disk copy refer to? (With a
+            # write in flight, the snapshot may show blobs that write already deleted: deleting
+            # them again is harmless; a blob is never shared by two keys.)
             raw = self._rtxn.get(key, db=db)
             if raw is not None and raw[:1] == _REFERS:
                 table.refs[key] = self._unpickle(table.name, key, raw, fetch=False)[1]
@@ -449,31 +450,41 @@ class LmdbStore(Store):
 
 def take_lock(path: Path):
     """Hold the state directory for this process, or raise RunnerError naming who holds it."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        lock = _open_lock(path)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() < deadline:  # the state writer of a runner that just died may still hold it
+                lock.close()
+                time.sleep(0.05)
+                continue
+            lock.seek(0)
+            owner = lock.read().strip() or "unknown"
+            lock.close()
+            raise RunnerError(
+                f"the state directory {path} is in use by another runner (pid {owner}); "
+                "stop it first, or give this pipeline another state.path"
+            ) from None
+        try:
+            if os.fstat(lock.fileno()).st_ino == os.stat(path / "runner.lock").st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        lock.close()  # a 'runner state reset' removed the directory while we waited: lock the new one
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
+def _open_lock(path: Path):
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunnerError(f"cannot create the state directory {path}: {exc.strerror}") from None
     if not os.access(path, os.W_OK):
         raise RunnerError(f"the state directory {path} is not writable")
-    lock = open(path / "runner.lock", "a+")
-    deadline = time.monotonic() + LOCK_WAIT_S
-    while True:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() < deadline:  # the state writer of a runner that just died may still hold it
-                time.sleep(0.05)
-                continue
-        lock.seek(0)
-        owner = lock.read().strip() or "unknown"
-        lock.close()
-        raise RunnerError(
-            f"the state directory {path} is in use by another runner (pid {owner}); "
-            "stop it first, or give this pipeline another state.path"
-        ) from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(str(os.getpid()))
-    lock.flush()
-    return lock
+    return open(path / "runner.lock", "a+")

@@ -82,13 +82,13 @@ def main() -> None:
     except lmdb.Error as exc:
         send_quietly(conn, ("error", f"the state writer cannot open {path}: {exc}"))
         return
-    except (EOFError, OSError):
+    except (EOFError, BrokenPipeError, ConnectionResetError):
         return
     try:
         _serve(conn, env)
     except lmdb.Error as exc:
         send_quietly(conn, ("error", f"a checkpoint could not be written to {path}: {exc}"))
-    except (EOFError, OSError):
+    except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the parent is gone: what was committed stands
     finally:
         env.close()

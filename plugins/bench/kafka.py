@@ -184,8 +184,9 @@ while sent < count:  # each turn (1 ms at least), the records due by now
     producer.poll(0)
     time.sleep(max(0.001, began + sent / rate - time.monotonic()))
 seconds = time.monotonic() - began
-if producer.flush(60) or failures:
-    sys.exit(f"{len(failures)} records not sent: {failures[:3]}")
+left = producer.flush(60)
+if left or failures:
+    sys.exit(f"{left} records still queued after 60 s, {len(failures)} failed: {failures[:3]}")
 print(json.dumps({"sent": count, "send_seconds": seconds}), flush=True)
 """
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 
 from plugins.bench import kafka as bk
-from plugins.bench.common import (HelperMemory, Interrupted, LatencyObserver, Observer, QuietLog, peak_rss_mib,
-                                  percentile, reset_peak_rss, say, stop_if_interrupted, summary_ms)
+from plugins.bench.common import (INTERRUPTED, HelperMemory, Interrupted, LatencyObserver, Observer, QuietLog,
+                                  peak_rss_mib, percentile, reset_peak_rss, say, stop_if_interrupted, summary_ms)
 from runner import config
 from runner.components import RunnerError
 from runner.dump import dump_state
@@ -79,7 +79,14 @@ def _locate(relative: str, pipeline_path: Path) -> str:
 
 def _run(runner: Runner, log: QuietLog, stopped_by_bench=lambda: False) -> None:
     """``runner.run()``; a stop the bench did not ask for is Ctrl+C (or SIGTERM)."""
-    stop_if_interrupted()  # from here on, the runner's handler takes them
+    stop_if_interrupted()
+    runners_handler = runner._on_signal
+
+    def on_signal(signum, frame):  # the runner's handler takes them while it runs: the bench notes them too
+        INTERRUPTED.set()
+        runners_handler(signum, frame)
+
+    runner._on_signal = on_signal
     try:
         runner.run()
     except KeyboardInterrupt:
@@ -88,6 +95,7 @@ def _run(runner: Runner, log: QuietLog, stopped_by_bench=lambda: False) -> None:
         for line in log.lines:
             say(f"  {runner.settings['name']}: {line}")
         raise
+    stop_if_interrupted()  # a second Ctrl+C's KeyboardInterrupt may have been dropped by kafka-python
     if runner.stop_requested and not stopped_by_bench():
         raise Interrupted()
 

@@ -71,8 +71,8 @@ def main() -> None:
         except RunnerError as exc:
             producer, failure = None, str(exc)
         _serve(conn, producer, failure)
-    except (EOFError, OSError):
-        pass  # the parent is gone
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the parent is gone (other errors end the process with their traceback)
 
 
 def _serve(conn, producer, failure: str | None) -> None:

@@ -171,8 +171,8 @@ def main() -> None:
         _serve(conn, parent, Fetch(kc.consumer(servers, options, client_id, **settings)))
     except RunnerError as exc:
         send_quietly(conn, ("error", str(exc)))
-    except (EOFError, OSError):
-        pass  # the parent is gone
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the parent is gone (other errors end the process with their traceback)
 
 
 def _serve(conn: Connection, parent: int, fetch: Fetch) -> None:

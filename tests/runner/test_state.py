@@ -3,12 +3,15 @@ committed, be written as it was at its checkpoint, and reach the disk in order. 
 blobs are written once, and deleted with the last value that held them. The writer is a
 process: its death fails the run, and it does not outlive its parent."""
 
+import shutil
 import signal
+import threading
+import time
 
 import pytest
 
 from runner.components import RunnerError
-from runner.state import MAX_IN_FLIGHT, Frozen, FrozenList, LmdbStore
+from runner.state import MAX_IN_FLIGHT, Frozen, FrozenList, LmdbStore, take_lock
 from tests import faults
 
 
@@ -150,16 +153,54 @@ def test_a_frozen_blob_put_in_a_second_key_is_copied_there_and_outlives_its_owne
     store.close()
 
 
-def test_a_key_written_blind_over_a_value_with_blobs_drops_them_when_deleted(tmp_path):
-    store = LmdbStore(tmp_path)
+def restarted_over_a_value_with_a_blob(path) -> LmdbStore:
+    """A store reopened over key k of table t, stored with a Frozen blob by an earlier process."""
+    store = LmdbStore(path)
     store.table("t").put(b"k", [Frozen(b"x" * 100)])
     checkpoint(store)
     store.close()
-    store = LmdbStore(tmp_path)
+    return LmdbStore(path)
+
+
+def test_a_key_written_blind_over_a_value_with_blobs_drops_them_when_deleted(tmp_path):
+    store = restarted_over_a_value_with_a_blob(tmp_path)
     store.table("t").delete(b"k")  # never read in this process
     checkpoint(store)
     assert stored(store) == ({}, {})
     store.close()
+
+
+def test_a_key_written_blind_then_deleted_while_that_write_is_in_flight_drops_its_blobs(tmp_path):
+    store = restarted_over_a_value_with_a_blob(tmp_path)
+    store.table("t").put(b"k", "plain")  # never read in this process, and refers to no blob
+    store._writer.process.send_signal(signal.SIGSTOP)  # that write stays in flight
+    try:
+        store.commit({}, [], [])
+        store.table("t").delete(b"k")
+        store.commit({}, [], [])
+    finally:
+        store._writer.process.send_signal(signal.SIGCONT)
+    store.in_flight(wait=True)
+    assert stored(store) == ({}, {})
+    store.close()
+
+
+def test_a_start_that_waited_through_a_state_reset_holds_the_new_directory(tmp_path):
+    path = tmp_path / "state"
+    resetting = take_lock(path)  # as 'runner state reset' does, then deletes the directory
+    waiting: list = []
+    starter = threading.Thread(target=lambda: waiting.append(take_lock(path)))
+    starter.start()
+    time.sleep(0.3)  # the starter is waiting for the lock
+    shutil.rmtree(path)
+    resetting.close()
+    starter.join(10)
+    assert waiting, "the start did not get the lock"
+    try:
+        with pytest.raises(RunnerError, match="in use by another runner"):
+            take_lock(path)  # the directory the starter holds, not a lock of a deleted file
+    finally:
+        waiting[0].close()
 
 
 # --- the writer process ------------------------------------------------------------------------
