@@ -70,7 +70,10 @@ class Helper:
         finally:
             if self.process.poll() is None:
                 self.process.kill()
-            self.process.wait()
+                try:
+                    self.process.wait(STOP_WAIT_S)
+                except subprocess.TimeoutExpired:  # stuck in the kernel (a hung disk): not ours to wait for
+                    pass
             self.conn.close()
 
 

@@ -40,13 +40,16 @@ class Writer(Helper):
     def __init__(self, path: Path, map_size: int, lock):
         super().__init__("runner.state_writer", (str(path), map_size), keep=(lock.fileno(),))
         self.path = path
+        self.failure: str | None = None  # once it failed, every call fails at once with this
 
     def write(self, writes: list) -> None:
         """Hand over one checkpoint's writes; raises ``OSError`` if the child is gone."""
+        if self.failure is not None:
+            raise OSError(self.failure)
         try:
             self.conn.send(("write", writes))
         except OSError:
-            raise OSError(self._gone()) from None
+            raise OSError(self._failed(self._gone())) from None
 
     def ready(self) -> bool:
         """A reply is waiting."""
@@ -56,17 +59,23 @@ class Writer(Helper):
         """Wait for the reply to the oldest write: (ms writing it, time.time() synced); raises
         ``OSError`` with the child's message if it failed, if the child is gone, or if it
         did not answer within ``ANSWER_S``."""
+        if self.failure is not None:
+            raise OSError(self.failure)
         try:
             answered = self.conn.poll(ANSWER_S)
             message = self.conn.recv() if answered else None
         except (EOFError, OSError):
-            raise OSError(self._gone()) from None
+            raise OSError(self._failed(self._gone())) from None
         if message is None:
-            raise OSError(f"the state writer process of {self.path} wrote nothing for {ANSWER_S:g} s: "
-                          f"is the disk stuck? the last checkpoint on disk stands")
+            raise OSError(self._failed(f"the state writer process of {self.path} wrote nothing for {ANSWER_S:g} s: "
+                                       f"is the disk stuck? the last checkpoint on disk stands"))
         if message[0] == "error":
-            raise OSError(message[1])
+            raise OSError(self._failed(message[1]))
         return message[1:]
+
+    def _failed(self, message: str) -> str:
+        self.failure = message
+        return message
 
     def _gone(self) -> str:
         return (f"the state writer process of {self.path} ended unexpectedly (exit status {self.exit_status()}); "
