@@ -15,6 +15,7 @@ import ctypes
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -33,10 +34,13 @@ class Helper:
     ``conn`` is the pipe, ``process`` the child. ``keep`` are more file descriptors the child
     holds for as long as it lives (the state writer keeps the state's lock)."""
 
+    SEND_WAIT_S = 120.0  # a send the child takes nothing of for this long fails (BlockingIOError)
+
     def __init__(self, module: str, first, keep: tuple = ()):
         self.conn, child = Pipe()
         for end in (self.conn, child):
             _widen(end)
+        _bound_sends(self.conn, self.SEND_WAIT_S)  # a stuck child must not hang the runner in a send
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (ROOT, os.environ.get("PYTHONPATH")))))
         self.process = subprocess.Popen([sys.executable, "-m", module, str(child.fileno()), str(os.getpid())],
                                         pass_fds=(child.fileno(), *keep), stdin=subprocess.DEVNULL, env=env)
@@ -54,10 +58,12 @@ class Helper:
             return None
 
     def close(self, timeout: float = STOP_WAIT_S, message=("stop",)) -> None:
-        """Tell the child to stop (``message``) and wait for it, reading (and dropping) what it
-        still sends, so a child blocked on a full pipe sees the order; killed after ``timeout`` s."""
+        """Tell the child to stop (``message``; None: kill it) and wait for it, reading (and
+        dropping) what it still sends, so a child blocked on a full pipe sees the order;
+        killed after ``timeout`` s."""
         try:
-            send_quietly(self.conn, message)
+            if message is not None:
+                send_quietly(self.conn, message)
             deadline = time.monotonic() + timeout
             while self.process.poll() is None and time.monotonic() < deadline:
                 try:
@@ -84,6 +90,12 @@ def _widen(conn: Connection) -> None:
     with socket.socket(fileno=os.dup(conn.fileno())) as sock:
         for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
             sock.setsockopt(socket.SOL_SOCKET, option, BUFFER_BYTES)
+
+
+def _bound_sends(conn: Connection, seconds: float) -> None:
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000)))
 
 
 def child_connection() -> Connection:

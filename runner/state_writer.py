@@ -28,7 +28,7 @@ from pathlib import Path
 
 import lmdb
 
-from runner.helper import Helper, child_connection, send_quietly
+from runner.helper import STOP_WAIT_S, Helper, child_connection, send_quietly
 
 ANSWER_S = 120.0  # a checkpoint not on disk after this long is a stuck disk, not a slow one
 
@@ -48,6 +48,10 @@ class Writer(Helper):
             raise OSError(self.failure)
         try:
             self.conn.send(("write", writes))
+        except BlockingIOError:
+            raise OSError(self._failed(f"the state writer process of {self.path} took no checkpoint for "
+                                       f"{self.SEND_WAIT_S:g} s: is the disk stuck? the last checkpoint on "
+                                       f"disk stands")) from None
         except OSError:
             raise OSError(self._failed(self._gone())) from None
 
@@ -72,6 +76,13 @@ class Writer(Helper):
         if message[0] == "error":
             raise OSError(self._failed(message[1]))
         return message[1:]
+
+    def close(self, timeout: float = STOP_WAIT_S, message=("stop",)) -> None:
+        """As ``Helper.close``; a writer that failed is killed at once (its pipe may hold half a
+        message, and a stop order could wait behind it)."""
+        if self.failure is not None:
+            timeout, message = 0.0, None
+        super().close(timeout, message)
 
     def _failed(self, message: str) -> str:
         self.failure = message

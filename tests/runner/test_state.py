@@ -12,6 +12,7 @@ import pytest
 
 from runner.components import RunnerError
 from runner.state import MAX_IN_FLIGHT, Frozen, FrozenList, LmdbStore, take_lock
+from runner.state_writer import Writer
 from tests import faults
 
 
@@ -232,6 +233,25 @@ def test_a_killed_writer_process_fails_the_next_checkpoint_and_the_last_one_stan
         store.in_flight(wait=True)
     store.close()
     assert read_back(tmp_path, "t", b"k")[0] == 1
+
+
+def test_a_writer_that_takes_nothing_fails_the_checkpoint_instead_of_hanging_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(Writer, "SEND_WAIT_S", 0.5)
+    store = LmdbStore(tmp_path)
+    store._writer.process.send_signal(signal.SIGSTOP)  # as a writer stuck on a hung disk
+    try:
+        with pytest.raises(RunnerError, match="took no checkpoint for 0.5 s: is the disk stuck"):
+            for i in range(MAX_IN_FLIGHT):  # more than the pipe holds (4 MiB each way at most)
+                store.table("t").put(b"k", b"x" * (8 << 20))
+                store.commit({}, [], [])
+        with pytest.raises(RunnerError, match="disk stuck"):
+            store.commit({}, [], [])  # and fails at once from then on
+    finally:
+        store._writer.process.send_signal(signal.SIGCONT)
+        try:
+            store.close()
+        except RunnerError:
+            pass
 
 
 CHILD = """
