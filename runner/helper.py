@@ -25,7 +25,10 @@ from pathlib import Path
 
 ROOT = str(Path(__file__).resolve().parents[1])  # where ``runner`` and ``plugins`` are importable from
 STOP_WAIT_S = 10.0
-BUFFER_BYTES = 4 << 20  # asked for each way; the kernel caps it at net.core.wmem_max / rmem_max
+# Socket buffers asked for each way (the kernel caps them at net.core.wmem_max / rmem_max):
+# a few checkpoints' or polls' worth of messages may wait (the default, about 200 KiB, is half
+# a checkpoint of long sessions), so a sender blocks only when the other side is that far behind.
+BUFFER_BYTES = 4 << 20
 _PR_SET_PDEATHSIG = 1
 
 
@@ -39,8 +42,9 @@ class Helper:
     def __init__(self, module: str, first, keep: tuple = ()):
         self.conn, child = Pipe()
         for end in (self.conn, child):
-            _widen(end)
-        _bound_sends(self.conn, self.SEND_WAIT_S)  # a stuck child must not hang the runner in a send
+            _set_options(end, {socket.SO_SNDBUF: BUFFER_BYTES, socket.SO_RCVBUF: BUFFER_BYTES})
+        wait = self.SEND_WAIT_S  # a stuck child must not hang the runner in a send
+        _set_options(self.conn, {socket.SO_SNDTIMEO: struct.pack("ll", int(wait), int(wait % 1 * 1_000_000))})
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (ROOT, os.environ.get("PYTHONPATH")))))
         self.process = subprocess.Popen([sys.executable, "-m", module, str(child.fileno()), str(os.getpid())],
                                         pass_fds=(child.fileno(), *keep), stdin=subprocess.DEVNULL, env=env)
@@ -83,19 +87,11 @@ class Helper:
             self.conn.close()
 
 
-def _widen(conn: Connection) -> None:
-    """Let a few checkpoints' or polls' worth of messages wait in the socket (it defaults to
-    about 200 KiB, a checkpoint of long sessions can be half of that): a sender blocks only
-    when the other side is that far behind."""
+def _set_options(conn: Connection, options: dict) -> None:
+    """Set SOL_SOCKET options (option: value) on ``conn``'s socket."""
     with socket.socket(fileno=os.dup(conn.fileno())) as sock:
-        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            sock.setsockopt(socket.SOL_SOCKET, option, BUFFER_BYTES)
-
-
-def _bound_sends(conn: Connection, seconds: float) -> None:
-    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                        struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000)))
+        for option, value in options.items():
+            sock.setsockopt(socket.SOL_SOCKET, option, value)
 
 
 def child_connection() -> Connection:

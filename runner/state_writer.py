@@ -49,9 +49,7 @@ class Writer(Helper):
         try:
             self.conn.send(("write", writes))
         except BlockingIOError:
-            raise OSError(self._failed(f"the state writer process of {self.path} took no checkpoint for "
-                                       f"{self.SEND_WAIT_S:g} s: is the disk stuck? the last checkpoint on "
-                                       f"disk stands")) from None
+            raise OSError(self._failed(self._stuck(f"took no checkpoint for {self.SEND_WAIT_S:g} s"))) from None
         except OSError:
             raise OSError(self._failed(self._gone())) from None
 
@@ -71,8 +69,7 @@ class Writer(Helper):
         except (EOFError, OSError):
             raise OSError(self._failed(self._gone())) from None
         if message is None:
-            raise OSError(self._failed(f"the state writer process of {self.path} wrote nothing for {ANSWER_S:g} s: "
-                                       f"is the disk stuck? the last checkpoint on disk stands"))
+            raise OSError(self._failed(self._stuck(f"wrote nothing for {ANSWER_S:g} s")))
         if message[0] == "error":
             raise OSError(self._failed(message[1]))
         return message[1:]
@@ -87,6 +84,9 @@ class Writer(Helper):
     def _failed(self, message: str) -> str:
         self.failure = message
         return message
+
+    def _stuck(self, what: str) -> str:
+        return f"the state writer process of {self.path} {what}: is the disk stuck? the last checkpoint on disk stands"
 
     def _gone(self) -> str:
         return (f"the state writer process of {self.path} ended unexpectedly (exit status {self.exit_status()}); "

@@ -53,7 +53,7 @@ class Observer:
 
 class LatencyObserver(Observer):
     """Also: per record, the wall time its checkpoint was on disk minus the record's timestamp
-    (ms); a progress line every ``PROGRESS_S`` out of ``expected`` records."""
+    (ms); a ``Progress`` line out of ``expected`` records."""
 
     def __init__(self, expected: int):
         super().__init__()
