@@ -6,6 +6,8 @@ import math
 import signal
 import sys
 import time
+from itertools import groupby
+from operator import attrgetter
 
 from runner.checkpoint import Checkpoint, Stopped
 from runner.codec import DecodeError, decode
@@ -16,6 +18,7 @@ from runner.state import FORMAT, LmdbStore, MemoryStore, Store
 from runner.times import duration_ms, format_watermark
 
 COMMON_KEYS = ("type", "name", "to")
+_TOPIC_PARTITION = attrgetter("topic", "partition")
 
 
 def component_config(settings: dict) -> dict:
@@ -234,10 +237,8 @@ class Runner:
         return all(self.positions.get(p, 0) >= end for p, end in self.stop.items())
 
     def _consume(self, records) -> None:
-        stop = self.stop
-        if stop is not None:
-            pkey = self._partition
-            records = [r for r in records if r.offset < stop.get(pkey(r), 0)]
+        if self.stop is not None:
+            records = self._before_stop(records)
         i, n = 0, len(records)
         while i < n and not self.stop_requested:
             room = self.every_events - self.uncommitted
@@ -249,6 +250,16 @@ class Runner:
             self.uncommitted += len(chunk)
             if self.uncommitted >= self.every_events:
                 self._commit()
+
+    def _before_stop(self, records: list) -> list:
+        """The records before their partition's stop offset. Records come in runs per partition,
+        in offset order: a run whose last record is before the stop is kept whole."""
+        kept = []
+        for _, run in groupby(records, key=_TOPIC_PARTITION):
+            run = list(run)
+            limit = self.stop.get(self._partition(run[0]), 0)
+            kept += run if run[-1].offset < limit else [r for r in run if r.offset < limit]
+        return kept
 
     def _partition(self, record) -> str:
         key = (record.topic, record.partition)
