@@ -83,11 +83,13 @@ class Runner:
         self.stop_requested = False
         self._pkeys: dict = {}
         self.processed = 0
-        # observer.on_checkpoint(number, commit_ms, write, record_timestamps) once each checkpoint
-        # is on disk (see Checkpoint.on_durable), observer.on_first_event() once: for
-        # benchmarks, off the hot path when None
+        # observer.on_checkpoint(number, commit_ms, write, batches) once each checkpoint is on
+        # disk (see Checkpoint.on_durable), with batches = [(time.time() the source's poll
+        # returned them, [record timestamp, ...]), ...] of the records it holds;
+        # observer.on_first_event() once: for benchmarks, off the hot path when None
         self.observer = observer
-        self._timestamps: list = []
+        self._batches: list = []
+        self._polled_at = 0.0
         self._advanced_to = None  # the watermark window stages last saw
         self._next_recheck = 0.0  # bounded runs: when to look for lost input again
 
@@ -192,6 +194,8 @@ class Runner:
         while not self.stop_requested and not self._reached_end():
             timeout = 0.1 if self.every_s == 0 else min(0.1, self.every_s)
             records = self.source.poll(timeout)
+            if self.observer is not None:
+                self._polled_at = time.time()
             self.checkpoint.settle(wait=not records)  # outputs of a checkpoint on disk go out now
             if records:
                 self._consume(records)
@@ -287,7 +291,7 @@ class Runner:
         if self.observer is not None:
             if not self.processed:
                 self.observer.on_first_event()
-            self._timestamps.extend(r.timestamp for r in records)
+            self._batches.append((self._polled_at, [r.timestamp for r in records]))
         self.processed += len(records)
         for i, proc in enumerate(self.processors):
             if i == self.first_windowed:
@@ -320,13 +324,13 @@ class Runner:
         else:
             meta["event_time"] = {p: None for p in self.positions}
             meta["watermark"] = -math.inf
-        self.checkpoint.commit(self.emit.take(), meta, confirm, note=self._timestamps)
-        self._timestamps = []
+        self.checkpoint.commit(self.emit.take(), meta, confirm, note=self._batches)
+        self._batches = []
         self.uncommitted = 0
         self.dirty_since = None
 
-    def _durable(self, number: int, commit_ms: float, write, timestamps: list) -> None:
-        self.observer.on_checkpoint(number, commit_ms, write, timestamps)
+    def _durable(self, number: int, commit_ms: float, write, batches: list) -> None:
+        self.observer.on_checkpoint(number, commit_ms, write, batches)
 
     def _finish(self) -> None:
         if self.drain and self.tracker is not None and self._reached_end():

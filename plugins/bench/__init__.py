@@ -7,7 +7,7 @@ Phases, each with progress lines on stderr:
 3. each pipeline in-process to the end of the backlog: throughput (and its ratio to the
    ceiling), time to first event, checkpoint commit times, peak RSS, LMDB size per open item;
 4. latency: first kafka-python alone (the floor), then the fault-tolerant pipeline unbounded,
-   while a producer process offers ``--rate`` events/s;
+   while a producer process offers ``--rate`` events/s (the first ``--warmup-seconds`` apart);
 5. recovery: a new process starting over a state of ``--recovery-keys`` keys.
 
 Then a table on stdout, each figure beside its target, and with ``--json`` every figure in a
@@ -29,12 +29,12 @@ from plugins.bench.common import INTERRUPTED
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PIPELINES = ("pipelines/basic.yaml", "pipelines/fault_tolerant.yaml")
 LATENCY_PIPELINE = "fault_tolerant"
-FULL = {"events": 200_000, "rate": 5000.0, "latency_seconds": 30.0, "recovery_keys": 1_000_000}
+FULL = {"events": 200_000, "rate": 5000.0, "latency_seconds": 30.0, "warmup_seconds": 2.0, "recovery_keys": 1_000_000}
 # The latency floor is measured for as long as the latency phase, up to this: the embedded
 # broker's latency grows as its topics fill (kafka-python alone at 5,000/s here: p99 57 ms over
 # 10 s, 217 ms over 40 s), so a shorter floor would not be the floor of the phase it is beside.
 FLOOR_SECONDS = FULL["latency_seconds"]
-QUICK = {"events": 5000, "rate": 1000.0, "latency_seconds": 3.0, "recovery_keys": 20_000}
+QUICK = {"events": 5000, "rate": 1000.0, "latency_seconds": 3.0, "warmup_seconds": 0.5, "recovery_keys": 20_000}
 
 
 def add_command(subparsers) -> None:
@@ -55,6 +55,9 @@ def add_command(subparsers) -> None:
                    help=f"latency phase: events/s offered (default {FULL['rate']:g}; --quick {QUICK['rate']:g})")
     p.add_argument("--latency-seconds", type=_positive(float), metavar="S",
                    help=f"latency phase: how long (default {FULL['latency_seconds']:g}; --quick {QUICK['latency_seconds']:g})")
+    p.add_argument("--warmup-seconds", type=_positive(float), metavar="S",
+                   help=f"latency phases: records sent in the first S seconds (the runner's start-up) are reported "
+                        f"apart (default {FULL['warmup_seconds']:g}; --quick {QUICK['warmup_seconds']:g})")
     p.add_argument("--recovery-keys", type=_positive(int), metavar="N",
                    help=f"recovery phase: keys in the state (default {FULL['recovery_keys']}; "
                         f"--quick {QUICK['recovery_keys']})")
@@ -142,14 +145,15 @@ def measure(config: dict, cleanup: contextlib.ExitStack) -> dict:
     names = [p.name for p in prepared]
     latency_path = (config["pipelines"][names.index(LATENCY_PIPELINE)] if LATENCY_PIPELINE in names
                     else str(ROOT / "pipelines" / f"{LATENCY_PIPELINE}.yaml"))
-    rate, seconds = config["rate"], config["latency_seconds"]
-    say(f"latency floor: kafka-python alone at {rate:g} events/s for {min(seconds, FLOOR_SECONDS):g} s")
+    rate, seconds, warmup = config["rate"], config["latency_seconds"], config["warmup_seconds"]
+    say(f"latency floor: kafka-python alone at {rate:g} events/s for {min(seconds, FLOOR_SECONDS):g} s "
+        f"after a {warmup:g} s warm-up")
     floor = cluster.topic("floor", config["partitions"])
     results["latency_floor"] = kafka.latency_floor(cluster.bootstrap, floor, config["partitions"], rate,
-                                                   min(seconds, FLOOR_SECONDS))
+                                                   min(seconds, FLOOR_SECONDS), warmup)
     live = cluster.topic("live", config["partitions"])
     pipeline = pipelines.prepare(latency_path, workdir, cluster, live, "latency")
-    results["latency"] = pipelines.latency(pipeline, cluster, live, rate, seconds)
+    results["latency"] = pipelines.latency(pipeline, cluster, live, rate, seconds, warmup)
 
     results["recovery"] = recovery.recovery(workdir, config["recovery_keys"])
     return results

@@ -45,25 +45,38 @@ class Observer:
     def on_first_event(self) -> None:
         self.first_event = time.perf_counter()
 
-    def on_checkpoint(self, number: int, commit_ms: float, write, record_timestamps: list) -> None:
+    def on_checkpoint(self, number: int, commit_ms: float, write, batches: list) -> None:
         self.commit_ms.append(commit_ms)
         self.write_ms.append(commit_ms if write is None else write[0])  # a memory store writes in commit
-        self.records += len(record_timestamps)
+        self.records += sum(len(stamps) for _, stamps in batches)
 
 
 class LatencyObserver(Observer):
     """Also: per record, the wall time its checkpoint was on disk minus the record's timestamp
-    (ms); a ``Progress`` line out of ``expected`` records."""
+    (ms), and the part of it in the runner (from its source's poll on); records stamped
+    before ``warmup_until_ms`` apart; a ``Progress`` line out of ``expected`` records."""
 
     def __init__(self, expected: int):
         super().__init__()
         self.latencies: list[float] = []
+        self.in_runner: list[float] = []
+        self.warmup: list[float] = []
+        self.warmup_until_ms = -math.inf  # set when the load starts
         self.progress = Progress("latency", expected)
 
-    def on_checkpoint(self, number: int, commit_ms: float, write, record_timestamps: list) -> None:
+    def on_checkpoint(self, number: int, commit_ms: float, write, batches: list) -> None:
         synced_ms = (time.time() if write is None else write[1]) * 1000
-        super().on_checkpoint(number, commit_ms, write, record_timestamps)
-        self.latencies.extend(synced_ms - ts for ts in record_timestamps if ts is not None)
+        super().on_checkpoint(number, commit_ms, write, batches)
+        warmup_until = self.warmup_until_ms
+        for polled_at, stamps in batches:
+            for ts in stamps:
+                if ts is None:
+                    continue
+                if ts < warmup_until:
+                    self.warmup.append(synced_ms - ts)
+                else:
+                    self.latencies.append(synced_ms - ts)
+                    self.in_runner.append(synced_ms - polled_at * 1000)
         self.progress.show(self.records)
 
 
@@ -89,6 +102,12 @@ def percentile(values, p: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def latency_ms(values) -> dict:
+    """p50, p99 and max of latencies in ms (None each when empty), and how many."""
+    return {"measured": len(values), "p50_ms": percentile(values, 50), "p99_ms": percentile(values, 99),
+            "max_ms": max(values) if values else None}
 
 
 def summary_ms(values) -> dict:

@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from plugins import broker
 from plugins import kafka_common as kc
-from plugins.bench.common import Progress, percentile, say, stop_if_interrupted
+from plugins.bench.common import Progress, latency_ms, say, stop_if_interrupted
 from plugins.clickstream import DEFAULT_START_MS, ClickGenerator
 from runner.components import RunnerError
 
@@ -230,28 +230,31 @@ class SteadyProducer:
         return self.errors.read().strip()[-2000:] or f"exit code {self.proc.poll()}"
 
 
-def latency_floor(bootstrap: str, topic: str, partitions: int, rate: float, seconds: float) -> dict:
+def latency_floor(bootstrap: str, topic: str, partitions: int, rate: float, seconds: float, warmup: float) -> dict:
     """kafka-python alone, with the Kafka source's settings, reading ``rate`` events/s as they
-    come: receive time - record timestamp, the latency below which no pipeline can go."""
-    count = max(1, int(rate * seconds))
+    come for ``warmup`` + ``seconds``: receive time - record timestamp, the latency below which
+    no pipeline can go (records sent in the warm-up apart, as in the pipeline's phase)."""
+    count = max(1, int(rate * (seconds + warmup)))
     producer = SteadyProducer(bootstrap, topic, rate, count)
     consumer, tps = _reader(bootstrap, "runner-bench-floor", topic, partitions)
     try:
         consumer.poll(timeout_ms=100)  # connected and positioned before the first send
+        warmup_until_ms = (time.time() + warmup) * 1000
         producer.go()
         latencies: list[float] = []
-        deadline = time.monotonic() + seconds + 60
+        warmups: list[float] = []
+        deadline = time.monotonic() + warmup + seconds + 60
         progress = Progress("latency floor", count)
-        while len(latencies) < count and time.monotonic() < deadline:
+        while len(latencies) + len(warmups) < count and time.monotonic() < deadline:
             stop_if_interrupted()
-            progress.show(len(latencies))
+            progress.show(len(latencies) + len(warmups))
             for records in consumer.poll(timeout_ms=100).values():
                 now_ms = time.time() * 1000
-                latencies.extend(now_ms - r.timestamp for r in records)
+                for r in records:
+                    (warmups if r.timestamp < warmup_until_ms else latencies).append(now_ms - r.timestamp)
         sent = producer.wait()
     finally:
         consumer.close(autocommit=False)
         producer.close()
-    return {"rate": rate, "seconds": seconds, "sent": sent["sent"], "measured": len(latencies),
-            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
-            "max_ms": max(latencies) if latencies else None}
+    return {"rate": rate, "seconds": seconds, "warmup_seconds": warmup, "sent": sent["sent"],
+            **latency_ms(latencies), "warmup": latency_ms(warmups)}

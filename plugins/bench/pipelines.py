@@ -13,7 +13,7 @@ import yaml
 
 from plugins.bench import kafka as bk
 from plugins.bench.common import (INTERRUPTED, HelperMemory, Interrupted, LatencyObserver, Observer, QuietLog,
-                                  peak_rss_mib, percentile, reset_peak_rss, say, stop_if_interrupted, summary_ms)
+                                  latency_ms, peak_rss_mib, reset_peak_rss, say, stop_if_interrupted, summary_ms)
 from runner import config
 from runner.components import RunnerError
 from runner.dump import dump_state
@@ -160,21 +160,24 @@ def state_figures(pipeline, runner: Runner) -> dict:
     return figures
 
 
-def latency(pipeline, cluster: bk.Cluster, topic: str, rate: float, seconds: float) -> dict:
-    """Run ``pipeline`` unbounded while a producer offers ``rate`` events/s for ``seconds``; per
-    record, latency = wall time of its checkpoint - its record timestamp (its send time)."""
+def latency(pipeline, cluster: bk.Cluster, topic: str, rate: float, seconds: float, warmup: float) -> dict:
+    """Run ``pipeline`` unbounded while a producer offers ``rate`` events/s for ``warmup`` +
+    ``seconds``; per record, latency = wall time of its checkpoint - its record timestamp (its
+    send time). Records sent in the first ``warmup`` seconds (the runner's start-up: its helper
+    processes start beside it) are reported apart."""
     name = pipeline.settings["name"]
-    count = max(1, int(rate * seconds))
-    say(f"latency: {name} at {rate:g} events/s for {seconds:g} s ({count} events)")
+    count = max(1, int(rate * (seconds + warmup)))
+    say(f"latency: {name} at {rate:g} events/s for {seconds:g} s after a {warmup:g} s warm-up ({count} events)")
     producer = bk.SteadyProducer(cluster.bootstrap, topic, rate, count)
     observer, sent, asked, failed = LatencyObserver(count), {}, [], []
+    wait_s = max(15.0, seconds)
 
     def watch():  # stops the runner once every record sent is through a checkpoint (or later)
         try:
             sent.update(producer.wait())
         except BaseException as exc:
             failed.append(exc)
-        deadline = time.monotonic() + max(15.0, seconds)
+        deadline = time.monotonic() + wait_s
         while observer.records < sent.get("sent", 0) and time.monotonic() < deadline:
             time.sleep(0.01)
         asked.append(True)
@@ -183,6 +186,7 @@ def latency(pipeline, cluster: bk.Cluster, topic: str, rate: float, seconds: flo
     watcher = threading.Thread(target=watch, name="bench-latency-watch", daemon=True)
 
     def opened():  # the runner's first log line: it has opened its source
+        observer.warmup_until_ms = (time.time() + warmup) * 1000
         producer.go()
         watcher.start()
 
@@ -194,15 +198,15 @@ def latency(pipeline, cluster: bk.Cluster, topic: str, rate: float, seconds: flo
         producer.close()
     if failed:
         raise failed[0]
-    lat = observer.latencies
     result = {
-        "pipeline": name, "rate": rate, "seconds": seconds, "sent": sent["sent"],
+        "pipeline": name, "rate": rate, "seconds": seconds, "warmup_seconds": warmup, "sent": sent["sent"],
         "achieved_rate": sent["sent"] / sent["send_seconds"] if sent["send_seconds"] else None,
-        "measured": len(lat), "checkpoints": len(observer.commit_ms), "producer_linger_ms": producer.LINGER_MS,
-        "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "max_ms": max(lat) if lat else None,
+        "checkpoints": len(observer.commit_ms), "producer_linger_ms": producer.LINGER_MS,
+        **latency_ms(observer.latencies),
+        "in_runner": latency_ms(observer.in_runner), "warmup": latency_ms(observer.warmup),
     }
-    unmeasured = result["sent"] - result["measured"]
-    say(f"latency: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, max {result['max_ms']:.1f} ms"
-        + (f"; {unmeasured} records not through a checkpoint {max(15.0, seconds):g} s after the last send"
-           if unmeasured else ""))
+    unmeasured = result["sent"] - result["measured"] - result["warmup"]["measured"]
+    say(f"latency: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, max {result['max_ms']:.1f} ms; "
+        f"in the runner p50 {result['in_runner']['p50_ms']:.1f} ms, p99 {result['in_runner']['p99_ms']:.1f} ms"
+        + (f"; {unmeasured} records not through a checkpoint {wait_s:g} s after the last send" if unmeasured else ""))
     return result

@@ -46,7 +46,7 @@ first, lines = [], []
 class Observer:
     def on_first_event(self):
         first.append(time.monotonic())
-    def on_checkpoint(self, number, commit_ms, write, record_timestamps):
+    def on_checkpoint(self, number, commit_ms, write, batches):
         pass
 pipeline = config.load(sys.argv[1])
 loaded = time.monotonic()
