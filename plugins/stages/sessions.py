@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 
 from runner import hookimpl
+from runner.codec import key_text
 from runner.components import ProcessingError
 from runner.schema import duration, obj
 from runner.times import duration_ms
@@ -72,6 +73,7 @@ class SessionProcessor(WindowProcessor):
 
     def process(self, events):
         aggs, gap, entries, dirty = self.stage.aggregations, self.stage.gap, self.entries, self.table.dirty
+        extract, key_by = aggs.extract, self.stage.key_by
         passed = []
         for ev in events:
             t = ev.time
@@ -79,10 +81,14 @@ class SessionProcessor(WindowProcessor):
                 self.late_event(ev)
                 passed.append(ev)
                 continue
-            extracted = self.extract(ev)
-            if extracted is None:
+            data = ev.data
+            try:
+                values = extract(data)
+            except ProcessingError as exc:
+                self.fail(ev, exc)
                 continue
-            values, key, kt = extracted
+            key = data.get(key_by)
+            kt = key_text(key)
             entry = entries.get(kt)
             if entry is None:
                 entry = entries[kt] = [key, []]

@@ -77,21 +77,6 @@ class WindowProcessor(Processor):
         super().__init__(stage, table, emit)
         self.late = table.get(LATE, 0)
 
-    def key_of(self, data):
-        key = data.get(self.stage.key_by) if self.stage.key_by else None
-        return key, key_text(key)
-
-    def extract(self, ev):
-        """The event's (values, key, key text), or None once it went to the DLQ as a
-        processing error (nothing was changed)."""
-        try:
-            values = self.stage.aggregations.extract(ev.data)
-            key, kt = self.key_of(ev.data)
-        except ProcessingError as exc:
-            self.fail(ev, exc)
-            return None
-        return values, key, kt
-
     def late_event(self, ev) -> None:
         self.late += 1
         self.table.put(LATE, self.late)
@@ -154,14 +139,21 @@ class TimeWindowProcessor(WindowProcessor):
             if advance == size:  # tumbling: one window
                 starts = (first,) if first + size > wp else ()
             else:  # the windows holding t that are not late for its partition (end > W_p)
-                starts = [s for s in range(first, t - size, -advance) if s >= 0 and s + size > wp]
+                low = first - size + advance  # the earliest window holding t
+                if low >= 0 and low + size > wp:  # the usual case: all of them
+                    starts = range(first, low - 1, -advance)
+                else:
+                    starts = [s for s in range(first, t - size, -advance) if s >= 0 and s + size > wp]
             if not starts:
                 self.late_event(ev)
                 passed.append(ev)
                 continue
             data = ev.data
-            key = data.get(key_by) if key_by else None
-            kt = key_text(key)
+            if key_by:
+                key = data.get(key_by)
+                kt = key_text(key)
+            else:
+                key, kt = None, "null"
             try:
                 values = extract(data)
                 if aggs.has_checks:  # all of the event's windows, or none
