@@ -47,7 +47,7 @@ class Writer(Helper):
         if self.failure is not None:
             raise OSError(self.failure)
         try:
-            self.conn.send(("write", writes))
+            self.post(("write", writes))
         except BlockingIOError:
             raise OSError(self._failed(self._stuck(f"took no checkpoint for {self.SEND_WAIT_S:g} s"))) from None
         except OSError:

@@ -34,7 +34,7 @@ class RemoteProducer(Helper):
     def send(self, topic: str, records: list[tuple[bytes, bytes | None, bytes]]) -> None:
         """Hand over ``(value, key, runner-id)`` records; raises ``RunnerError`` if the process is gone."""
         try:
-            self.conn.send(("send", topic, records))
+            self.post(("send", topic, records))
         except OSError:
             raise RunnerError(self._gone()) from None
 
