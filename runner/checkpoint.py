@@ -36,7 +36,7 @@ class Checkpoint:
         self.log = log
         self.sink_states: dict = {}
         self.unconfirmed: list[tuple[int, Output]] = []  # handed to sinks, not yet flushed
-        self.last_ms = 0.0  # the processing thread's time in the last commit, but for delivering outputs (step 0)
+        self.last_ms = 0.0  # the processing thread's time in the last commit
         # (number, outputs, ms, note) of each checkpoint being written: handed to sinks once on disk
         self.writing: deque[tuple[int, list[tuple[int, Output]], float, object]] = deque()
         # on_durable(number, ms, write, note) once a checkpoint is on disk, if set (ms: its
@@ -52,7 +52,6 @@ class Checkpoint:
     def commit(self, outputs: list[Output], meta: dict, confirm: bool = False, note=None) -> None:
         """Commit everything since the last checkpoint; its outputs are delivered once it is on disk.
 
-        0. Hand the outputs of earlier checkpoints now on disk to their sinks.
         1. Confirm the outputs handed to sinks after earlier checkpoints, when ``confirm``
            or once a second (a flush waits on every sink, so not at every checkpoint):
            flush every sink (retrying with backoff while one fails). Each sink's state joins
@@ -63,11 +62,10 @@ class Checkpoint:
            time, watermark), sink states, the checkpoint number and the outbox changes.
         4. The store writes and syncs the transaction while processing goes on (waiting
            only while ``MAX_IN_FLIGHT`` are in flight): once it is on disk, all of it is committed.
-        5. ``settle`` hands the new outputs to their sinks; step 1 of a later checkpoint
-           confirms them.
+        5. ``settle`` hands the new outputs to their sinks once on disk; step 1 of a later
+           checkpoint confirms them. The runner settles once per poll, so the checkpoints
+           of one poll's records reach each sink in one hand-over, not one each.
         """
-        # 0. outputs of checkpoints on disk delivered
-        self.settle(wait=False)
         started = time.perf_counter()  # last_ms: what the checkpoint itself costs the processing
         # 1. confirm earlier deliveries
         confirmed = self._confirm() if confirm or self.pending() else []

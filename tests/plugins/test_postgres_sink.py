@@ -266,9 +266,11 @@ def test_the_runner_retries_a_lost_connection_until_every_output_is_in_once(post
     store, log = RecordingStore(), []
     checkpoint = Checkpoint(store, {"out": sink}, ("out",), 0, 0, log=lambda *a, **k: log.append(" ".join(a)))
     try:
-        checkpoint.commit(results(range(10)), {})  # committed, then handed to the sink
+        checkpoint.commit(results(range(10)), {})
+        checkpoint.settle()  # committed, then handed to the sink (the runner settles after each poll)
         kill_connection(postgres_dsn, sink)  # e.g. the server restarted between checkpoints
         checkpoint.commit(results(range(10, 15)), {}, confirm=True)  # its first flush fails; recover, redeliver
+        checkpoint.settle()
         checkpoint.commit([], {}, confirm=True)
     finally:
         sink.close()
