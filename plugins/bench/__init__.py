@@ -7,7 +7,8 @@ Phases, each with progress lines on stderr:
 3. each pipeline in-process to the end of the backlog: throughput (and its ratio to the
    ceiling), time to first event, checkpoint commit times, peak RSS, LMDB size per open item;
 4. latency: first kafka-python alone (the floor), then the fault-tolerant pipeline unbounded,
-   while a producer process offers ``--rate`` events/s (the first ``--warmup-seconds`` apart);
+   while a producer process offers ``--rate`` events/s (the first ``--warmup-seconds`` apart),
+   each on an empty embedded broker of its own;
 5. recovery: a new process starting over a state of ``--recovery-keys`` keys.
 
 Then a table on stdout, each figure beside its target, and with ``--json`` every figure in a
@@ -148,9 +149,11 @@ def measure(config: dict, cleanup: contextlib.ExitStack) -> dict:
     rate, seconds, warmup = config["rate"], config["latency_seconds"], config["warmup_seconds"]
     say(f"latency floor: kafka-python alone at {rate:g} events/s for {min(seconds, FLOOR_SECONDS):g} s "
         f"after a {warmup:g} s warm-up")
+    cluster.renew()
     floor = cluster.topic("floor", config["partitions"])
     results["latency_floor"] = kafka.latency_floor(cluster.bootstrap, floor, config["partitions"], rate,
                                                    min(seconds, FLOOR_SECONDS), warmup)
+    cluster.renew()
     live = cluster.topic("live", config["partitions"])
     pipeline = pipelines.prepare(latency_path, workdir, cluster, live, "latency")
     results["latency"] = pipelines.latency(pipeline, cluster, live, rate, seconds, warmup)
