@@ -50,8 +50,8 @@ class Cluster:
 
     def renew(self) -> None:
         """The embedded broker only: replace it with an empty one. Its latency grows with what
-        it holds (kafka-python alone at 5,000/s: p99 129 ms over 10 s on a new broker, 922 ms
-        over 30 s after the throughput phases' 200k records), so each latency phase gets a
+        it holds (kafka-python alone at 5,000/s for 30 s: p99 394 ms on a new broker, 922 ms
+        on the one that had served the throughput phases), so each latency phase gets a
         broker of its own. A user's Kafka is left as it is."""
         if self.proc is not None:
             broker.stop_broker(self.proc)
