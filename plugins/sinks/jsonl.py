@@ -27,6 +27,7 @@ class JsonlSink(Sink):
         self.path = config["path"]
         self.file = None
         self.committed = 0
+        self.failure: OSError | None = None  # a write that failed since the last recover
 
     def open(self, state):
         directory = os.path.dirname(self.path)
@@ -48,12 +49,20 @@ class JsonlSink(Sink):
         """Cut the file back to its committed length: what follows is in the outbox again."""
         self.file.truncate(self.committed)
         self.file.seek(self.committed)
+        self.failure = None
 
     def deliver(self, outputs):
-        self.file.write(b"".join(out.value + b"\n" for out in outputs))
-        self.file.flush()
+        try:
+            self.file.write(b"".join(out.value + b"\n" for out in outputs))
+            self.file.flush()
+        except OSError as exc:  # a full disk: part of them may be in the file, and none is confirmed
+            self.failure = exc
+            raise
 
     def flush(self):
+        if self.failure is not None:
+            raise RunnerError(f"an earlier write to {self.path} failed ({self.failure}): "
+                              f"its outputs are written again")
         # synced here only: the runner confirms deliveries about once a second, not at every
         # checkpoint (a sync per delivery cost more than this one)
         end = self.file.tell()
