@@ -111,15 +111,16 @@ class Checkpoint:
         finally:
             self.in_sink = False
 
-    def _hand_over(self, items: list[tuple[int, Output]]) -> None:
+    def _hand_over(self, items: list[tuple[int, Output]], only=None) -> None:
+        """Deliver ``items`` to their sinks (with ``only``: to those of these sink names)."""
         by_sink: dict[str, list[Output]] = {}
         for _, out in items:
             for name in out.targets or self.result_sinks:
-                if name in self.sinks:
+                if name in self.sinks and (only is None or name in only):
                     by_sink.setdefault(name, []).append(out)
         for name, outs in by_sink.items():
             self.sinks[name].deliver(outs)
-        if self.displays:
+        if self.displays and only is None:
             notices = [line for _, out in items if out.kind == "dlq" for line in _notice(out)]
             if notices:
                 for sink in self.displays:
@@ -139,26 +140,33 @@ class Checkpoint:
         return confirmed
 
     def _flush_all(self) -> None:
-        """Flush every sink; while one fails, recover and deliver again, with backoff."""
+        """Flush every sink; while some fail, recover them and deliver to them again, with
+        backoff. A sink whose flush succeeded is left alone: its outputs are in (a file sink
+        given them again after its flush would hold them twice)."""
         delay = 0.5
+        failing = list(self.sinks)
         while True:
-            try:
-                for name, sink in self.sinks.items():
-                    self.sink_states[name] = sink.flush()
-                break
-            except Exception as exc:
-                if self.should_stop():
-                    raise Stopped() from exc
-                self.log(f"[SINK] {len(self.unconfirmed)} outputs not confirmed ({exc}); retrying in {delay:g}s",
-                         file=sys.stderr)
-                time.sleep(delay)
-                delay = min(delay * 2, 10)
+            failure = None
+            for name in list(failing):
                 try:
-                    for sink in self.sinks.values():
-                        sink.recover()
-                    self._hand_over(self.unconfirmed)
-                except Exception:
-                    continue
+                    self.sink_states[name] = self.sinks[name].flush()
+                    failing.remove(name)
+                except Exception as exc:
+                    failure = failure or exc
+            if not failing:
+                return
+            if self.should_stop():
+                raise Stopped() from failure
+            self.log(f"[SINK] {len(self.unconfirmed)} outputs not confirmed ({failure}); retrying in {delay:g}s",
+                     file=sys.stderr)
+            time.sleep(delay)
+            delay = min(delay * 2, 10)
+            try:
+                for name in failing:
+                    self.sinks[name].recover()
+                self._hand_over(self.unconfirmed, only=failing)
+            except Exception:
+                continue
 
 
 def _notice(out: Output) -> list[str]:

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from plugins.sinks import postgres as pg
+from plugins.sinks.jsonl import JsonlSink
 from plugins.sinks.postgres import PostgresSink
 from runner import cli
 from runner.checkpoint import Checkpoint
@@ -277,6 +278,27 @@ def test_the_runner_retries_a_lost_connection_until_every_output_is_in_once(post
     assert store.confirmed == list(range(15))
     assert len(log) == 1 and "10 outputs not confirmed" in log[0] and "127.0.0.1:5432/test" in log[0]
     assert sorted(rows(postgres_dsn, pg_table)) == sorted(out.id for out in results(range(15)))
+
+
+def test_a_sink_that_confirmed_is_not_given_its_outputs_again_when_another_fails(postgres_dsn, pg_table, tmp_path):
+    path = tmp_path / "out.jsonl"
+    file_sink = JsonlSink({"path": str(path)}, Context("test", "file", {}))
+    file_sink.open(None)
+    pg_sink = make_sink(postgres_dsn, pg_table, name="pg")
+    store = RecordingStore()
+    checkpoint = Checkpoint(store, {"file": file_sink, "pg": pg_sink}, ("file", "pg"), 0, 0, log=lambda *a, **k: None)
+    try:
+        checkpoint.commit(results(range(5)), {})
+        checkpoint.settle()  # both sinks have them
+        kill_connection(postgres_dsn, pg_sink)  # the file's flush succeeds, PostgreSQL's fails once
+        checkpoint.commit([], {}, confirm=True)
+    finally:
+        file_sink.close()
+        pg_sink.close()
+    assert store.confirmed == list(range(5))
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == len(set(lines)) == 5  # the file was not given them again
+    assert sorted(rows(postgres_dsn, pg_table)) == sorted(out.id for out in results(range(5)))
 
 
 def test_a_failed_write_inside_deliver_makes_the_next_flush_fail(postgres_dsn, pg_table, monkeypatch):
