@@ -249,19 +249,21 @@ class Sink(Component):
 
     def deliver(self, outputs: list) -> None:
         """Hand over ``runner.outputs.Output`` objects; may return before they are
-        durable. An exception is retried with backoff; nothing is acknowledged."""
+        durable. After it raised, the next ``flush`` must raise too: the runner learns
+        only from ``flush`` that outputs must be delivered again."""
         raise NotImplementedError
 
     def flush(self) -> Any:
         """Block until everything delivered is durable at the target; return the state to
         commit with the next checkpoint (picklable; None for none). Raising keeps the
-        outputs in the outbox: the runner calls ``recover`` and delivers every output not
-        yet confirmed again, with backoff, until a flush succeeds."""
+        outputs in the outbox: the runner calls this sink's ``recover`` and delivers every
+        output of it not yet confirmed again, with backoff, until a flush succeeds (the
+        other sinks, whose flush succeeded, are left alone)."""
         return None
 
     def recover(self) -> None:
-        """Called after a failed ``deliver`` or ``flush``, before the outputs not yet
-        confirmed are delivered again: forget, or look up, what reached the target since
+        """Called after a failed ``flush``, before the outputs not yet confirmed are
+        delivered again: forget, or look up, what reached the target since
         the last successful flush, so that nothing is written twice."""
 
     def display(self, lines: list[str]) -> None:
