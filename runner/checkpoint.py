@@ -112,19 +112,27 @@ class Checkpoint:
             self.in_sink = False
 
     def _hand_over(self, items: list[tuple[int, Output]], only=None) -> None:
-        """Deliver ``items`` to their sinks (with ``only``: to those of these sink names)."""
+        """Deliver ``items`` to their sinks (with ``only``: to those of these sink names). A
+        sink that raises does not keep the others from theirs: its next flush fails, and only
+        the sinks whose flush fails are given their outputs again. Raises the first error."""
         by_sink: dict[str, list[Output]] = {}
         for _, out in items:
             for name in out.targets or self.result_sinks:
                 if name in self.sinks and (only is None or name in only):
                     by_sink.setdefault(name, []).append(out)
+        failure = None
         for name, outs in by_sink.items():
-            self.sinks[name].deliver(outs)
+            try:
+                self.sinks[name].deliver(outs)
+            except Exception as exc:
+                failure = failure or exc
         if self.displays and only is None:
             notices = [line for _, out in items if out.kind == "dlq" for line in _notice(out)]
             if notices:
                 for sink in self.displays:
                     sink.display(notices)
+        if failure is not None:
+            raise failure
 
     def _confirm(self) -> list[int]:
         if not self.unconfirmed:

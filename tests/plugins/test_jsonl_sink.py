@@ -5,8 +5,10 @@ import errno
 import pytest
 
 from plugins.sinks.jsonl import JsonlSink
+from runner.checkpoint import Checkpoint
 from runner.components import Context, RunnerError
 from runner.outputs import Output
+from runner.state import MemoryStore
 
 
 def outputs(numbers) -> list[Output]:
@@ -47,3 +49,21 @@ def test_a_failed_write_makes_the_next_flush_fail_until_recovered(tmp_path):
     finally:
         sink.close()
     assert path.read_bytes() == b'{"n":1}\n{"n":2}\n{"n":3}\n'
+
+
+def test_a_sink_whose_write_fails_does_not_keep_the_others_from_their_outputs(tmp_path):
+    sinks = {name: JsonlSink({"path": str(tmp_path / f"{name}.jsonl")}, Context("p", name, {})) for name in "ab"}
+    for sink in sinks.values():
+        sink.open(None)
+    checkpoint = Checkpoint(MemoryStore(), sinks, ("a", "b"), 0, 0, log=lambda *a, **k: None)
+    real, sinks["a"].file = sinks["a"].file, FullDisk(sinks["a"].file)
+    try:
+        checkpoint.commit(outputs([1, 2]), {})
+        checkpoint.settle()  # a's write fails; b's must happen all the same
+        sinks["a"].file = real  # the disk has room again
+        checkpoint.commit([], {}, confirm=True)  # a is recovered and given them again; b is confirmed
+    finally:
+        for sink in sinks.values():
+            sink.close()
+    for name in "ab":
+        assert (tmp_path / f"{name}.jsonl").read_bytes() == b'{"n":1}\n{"n":2}\n', name
