@@ -129,7 +129,8 @@ class Source(Component):
     def poll(self, timeout: float) -> Iterable[Record]:
         """Return the records available within ``timeout`` seconds (possibly none), in
         offset order within each partition. Records of different partitions may come in
-        any interleaving: results never depend on it."""
+        any interleaving: results never depend on it. ``poll(0)`` must not wait: with
+        ``checkpoint.when_quiet`` the runner asks it whether a record is ready now."""
         raise NotImplementedError
 
     def caught_up(self, partition: str) -> bool:

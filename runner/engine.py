@@ -80,6 +80,7 @@ class Runner:
         self.log = log
         self.every_events = s["checkpoint"]["every_events"]
         self.every_s = s["checkpoint"]["every_ms"] / 1000
+        self.when_quiet = s["checkpoint"]["when_quiet"]
         self.stop_requested = False
         self._pkeys: dict = {}
         self.processed = 0
@@ -192,8 +193,7 @@ class Runner:
         self.dirty_since = None
         last_display = time.monotonic()
         while not self.stop_requested and not self._reached_end():
-            timeout = 0.1 if self.every_s == 0 else min(0.1, self.every_s)
-            records = self.source.poll(timeout)
+            records = self._poll(0.1 if self.every_s == 0 else min(0.1, self.every_s))
             if self.observer is not None:
                 self._polled_at = time.time()
             self.checkpoint.settle(wait=not records)  # outputs of a checkpoint on disk go out now
@@ -215,6 +215,14 @@ class Runner:
             if now - last_display >= 1.0:
                 self._display()
                 last_display = now
+
+    def _poll(self, timeout: float) -> list:
+        if self.when_quiet and self.dirty_since is not None:
+            records = self.source.poll(0)
+            if records:
+                return records
+            self._commit()  # nothing more is ready: what was read need not wait for more input
+        return self.source.poll(timeout)
 
     def _recheck_ends(self, now: float) -> None:
         """A bounded run with nothing to read: if the input present at start was lost (a

@@ -155,7 +155,7 @@ def test_valid_file_gets_every_default(pipeline_file):
     assert s["name"] == "demo"
     assert s["plugins"] == []
     assert s["state"] == {"backend": "lmdb", "path": "state_store/demo"}
-    assert s["checkpoint"] == {"every_events": 100, "every_ms": 100}
+    assert s["checkpoint"] == {"every_events": 100, "every_ms": 100, "when_quiet": False}
     assert s["event_time"] == {"field": "timestamp", "grace": "30s", "idle_timeout": 0, "late": "dlq"}
     assert s["source"] == {"type": "fake", "topics": ["clicks"], "bootstrap_servers": "localhost:9092"}
     assert s["stages"][0] == {"type": "validate", "name": "validate", "schema": "click.schema.json"}

@@ -1,0 +1,68 @@
+"""The processing loop's checkpoint triggers, on the real broker with the Kafka source."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import yaml
+
+from runner import config
+from runner.engine import Runner
+from tests import e2e
+
+RECORDS = 30
+
+
+class Checkpoints:
+    """Runner observer: the wall time and the number of input records of each checkpoint on disk."""
+
+    def __init__(self):
+        self.taken: list[tuple[float, int]] = []
+
+    def on_first_event(self) -> None:
+        pass
+
+    def on_checkpoint(self, number, commit_ms, write, batches) -> None:
+        self.taken.append((time.time(), sum(len(stamps) for _, stamps in batches)))
+
+
+@pytest.mark.parametrize("when_quiet", [True, False])
+def test_when_quiet_commits_what_was_read_once_nothing_more_is_ready(broker, topic_factory, tmp_path, when_quiet):
+    topic = topic_factory(1)
+    e2e.produce(broker, topic, RECORDS, bad_ratio=0)
+    path = tmp_path / "quiet.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "quiet",
+        "source": {"type": "kafka", "topics": [topic], "bootstrap_servers": broker},
+        "state": {"path": str(tmp_path / "state")},
+        # neither count nor timer can trigger a checkpoint before the stop
+        "checkpoint": {"every_events": 1000, "every_ms": 0, "when_quiet": when_quiet},
+        "dlq": {"type": "jsonl", "path": str(tmp_path / "dlq.jsonl")},
+        "stages": [{"type": "aggregate", "name": "views", "key_by": "page_url", "aggregations": {"views": "count"}}],
+        "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
+    }))
+    observer = Checkpoints()
+    runner = Runner(config.load(str(path)), log=lambda *a, **k: None, observer=observer)
+    asked = []
+
+    def stop_once_all_read():
+        deadline = time.monotonic() + 30
+        while runner.processed < RECORDS and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)  # the quiet checkpoint's write is synced well within this
+        asked.append(time.time())
+        runner.stop_requested = True
+
+    stopper = threading.Thread(target=stop_once_all_read, daemon=True)
+    stopper.start()
+    runner.run()
+    stopper.join(5)
+    assert runner.processed == RECORDS
+    before_stop = [records for at, records in observer.taken if at < asked[0]]
+    assert sum(records for _, records in observer.taken) == RECORDS
+    if when_quiet:  # all of them committed while the runner waited for more
+        assert sum(before_stop) == RECORDS
+    else:
+        assert before_stop == []
