@@ -55,7 +55,7 @@ class Writer(Helper):
 
     def ready(self) -> bool:
         """A reply is waiting."""
-        return self.conn.poll(0)
+        return self.waiting(0)
 
     def done(self) -> tuple[float, float]:
         """Wait for the reply to the oldest write: (ms writing it, time.time() synced); raises
@@ -64,7 +64,7 @@ class Writer(Helper):
         if self.failure is not None:
             raise OSError(self.failure)
         try:
-            answered = self.conn.poll(ANSWER_S)
+            answered = self.waiting(ANSWER_S)
             message = self.conn.recv() if answered else None
         except (EOFError, OSError):
             raise OSError(self._failed(self._gone())) from None

@@ -43,7 +43,7 @@ class RemoteProducer(Helper):
         last acknowledged record}. Raises ``RunnerError`` if any of them failed."""
         try:
             self.conn.send(("flush", timeout))
-            if not self.conn.poll(timeout + ANSWER_MARGIN_S):
+            if not self.waiting(timeout + ANSWER_MARGIN_S):
                 raise RunnerError(f"the Kafka producer process of {self.servers} did not answer a flush "
                                   f"within {timeout + ANSWER_MARGIN_S:g} s")
             answer = self.conn.recv()

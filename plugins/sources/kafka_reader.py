@@ -11,14 +11,16 @@ the source reads in-process (``LocalReader``), then hands over at the positions 
 A reader only reads ahead: positions, checkpoints and every decision about where to read
 stay in the runner. It is told where to read each partition from (``assign``); in the
 child each such order starts a new epoch, and the parent drops data read before it. The
-child exits when told, or within ``POLL_MS`` once its parent is gone (a SIGKILL included).
+parent kills the child when it is done with it (the child holds nothing to hand back: no group
+to leave, no offsets to commit, and a clean close of its consumer took 0.1-0.2 s of every
+run); the child exits within ``POLL_MS`` once its parent is gone (a SIGKILL included).
 
 Messages, child to parent (pickled tuples): ``("ready",)`` once connected;
 ``("data", epoch, parts, status)`` after every poll that returned records, and whenever
 the status changed (``parts`` and ``status`` as ``Fetch.poll`` returns them);
 ``("assigned", epoch, {partition: position})`` answers an ``assign``; ``("error", text)``
 precedes an exit. Parent to child: ``("assign", epoch, {partition: offset or None for the
-log start})`` (every partition, each time), ``("stop",)``.
+log start})`` (every partition, each time).
 """
 
 from __future__ import annotations
@@ -113,9 +115,13 @@ class Reader(Helper):
         self.epoch = 0
         self.ready = False  # the child is connected and takes orders
 
+    def close(self) -> None:
+        """Kill the child at once (see the module's docstring)."""
+        super().close(0.0, None)
+
     def is_ready(self) -> bool:
         """True once the child is connected (without waiting)."""
-        while not self.ready and self.conn.poll(0):
+        while not self.ready and self.waiting(0):
             self._receive()
         return self.ready
 
@@ -130,7 +136,7 @@ class Reader(Helper):
         if timeout is None:
             return None
         deadline = time.monotonic() + timeout
-        while self.conn.poll(max(0.0, deadline - time.monotonic())):
+        while self.waiting(deadline - time.monotonic()):
             message = self._receive()
             if message[0] == "assigned" and message[1] == self.epoch:
                 return message[2]
@@ -139,7 +145,7 @@ class Reader(Helper):
     def read(self, timeout: float):
         """``(records, status)`` of the next poll of the current epoch, or None if nothing
         came within ``timeout`` s."""
-        if not self.conn.poll(timeout):
+        if not self.waiting(timeout):
             return None
         message = self._receive()
         if message[0] != "data" or message[1] != self.epoch:
@@ -182,8 +188,6 @@ def _serve(conn: Connection, parent: int, fetch: Fetch) -> None:
         while os.getppid() == parent:
             while conn.poll(0 if fetch.by_key else POLL_MS / 1000):
                 order = conn.recv()
-                if order[0] == "stop":
-                    return
                 epoch, last = order[1], None
                 conn.send(("assigned", epoch, fetch.assign(order[2])))
             if not fetch.by_key:
