@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import signal
 import sys
@@ -19,6 +20,7 @@ from runner.times import duration_ms, format_watermark
 
 COMMON_KEYS = ("type", "name", "to")
 _TOPIC_PARTITION = attrgetter("topic", "partition")
+GC_THRESHOLDS = (10_000, 10, 10)  # the collector's, while a pipeline runs (Python's: 700, 10, 10)
 
 
 def component_config(settings: dict) -> dict:
@@ -163,9 +165,16 @@ class Runner:
     # --- the loop -----------------------------------------------------------------------
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        thresholds = gc.get_threshold()
         try:
             try:
                 self._open()
+                # What start-up made (modules, the pipeline) lives as long as the run: frozen, the
+                # collector stops walking it, and young collections are fewer. Over 200k events of
+                # fault_tolerant its time fell from 140 to 11 ms, and full collections (28 ms
+                # pauses) were gone. Both are undone when the run ends.
+                gc.freeze()
+                gc.set_threshold(*GC_THRESHOLDS)
                 self._loop()
                 self._finish()
             except Stopped:
@@ -176,6 +185,8 @@ class Runner:
                 raise
             self._close()
         finally:
+            gc.unfreeze()
+            gc.set_threshold(*thresholds)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 0
