@@ -94,7 +94,11 @@ class SessionProcessor(WindowProcessor):
                 entry = entries[kt] = [key, []]
             sessions = entry[1]
             order = ev.order() if aggs.needs_order else None
-            touching = [s for s in sessions if s[0] - gap <= t <= s[1] + gap]
+            only = sessions[0] if len(sessions) == 1 else None
+            if only is not None and only[0] - gap <= t <= only[1] + gap:  # the usual case, without a comprehension
+                touching = [only]
+            else:
+                touching = [s for s in sessions if s[0] - gap <= t <= s[1] + gap]
             try:
                 if len(touching) == 1:
                     if aggs.has_checks:
