@@ -171,7 +171,7 @@ class Runner:
                 self._open()
                 # What start-up made (modules, the pipeline) lives as long as the run: frozen, the
                 # collector stops walking it, and young collections are fewer. Over 200k events of
-                # fault_tolerant its time fell from 140 to 11 ms, and full collections (28 ms
+                # fault_tolerant its time fell from 140 to 15 ms, and full collections (28 ms
                 # pauses) were gone. Both are undone when the run ends.
                 gc.freeze()
                 gc.set_threshold(*GC_THRESHOLDS)
