@@ -1,7 +1,10 @@
-"""The processing loop's checkpoint triggers, on the real broker with the Kafka source."""
+"""The processing loop: its checkpoint triggers on the real broker with the Kafka source, and
+the collector thresholds it runs with."""
 
 from __future__ import annotations
 
+import gc
+import json
 import threading
 import time
 
@@ -9,7 +12,7 @@ import pytest
 import yaml
 
 from runner import config
-from runner.engine import Runner
+from runner.engine import GC_THRESHOLDS, Runner
 from tests import e2e
 
 RECORDS = 30
@@ -66,3 +69,30 @@ def test_when_quiet_commits_what_was_read_once_nothing_more_is_ready(broker, top
         assert sum(before_stop) == RECORDS
     else:
         assert before_stop == []
+
+
+def test_the_collector_runs_with_its_own_thresholds_and_they_are_restored(tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps({"page_url": "/home", "n": n}) + "\n" for n in range(3)))
+    path = tmp_path / "gc.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "gc",
+        "source": {"type": "file", "path": str(events)},
+        "state": {"backend": "memory"},
+        "dlq": {"type": "jsonl", "path": str(tmp_path / "dlq.jsonl")},
+        "stages": [{"type": "aggregate", "name": "views", "key_by": "page_url", "aggregations": {"views": "count"}}],
+        "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
+    }))
+    during = []
+
+    class Watch(Checkpoints):
+        def on_first_event(self):
+            during.append(gc.get_threshold())
+
+    before = gc.get_threshold()
+    assert before != GC_THRESHOLDS
+    runner = Runner(config.load(str(path)), until_end=True, log=lambda *a, **k: None, observer=Watch())
+    runner.run()
+    assert runner.processed == 3
+    assert during == [GC_THRESHOLDS]
+    assert gc.get_threshold() == before
