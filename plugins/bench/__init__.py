@@ -135,10 +135,12 @@ def measure(config: dict, cleanup: contextlib.ExitStack) -> dict:
     prepared = [pipelines.prepare(path, workdir, cluster, topic, f"p{i}")  # a bad file fails here, early
                 for i, path in enumerate(config["pipelines"])]
     results["fill"] = kafka.fill(cluster.bootstrap, topic, config["events"])
-    # the first read of a new backlog is the slowest (here 148k events/s, then 161-164k for the
-    # next four reads): it is made once and left out, or the first pipeline's ratio gains by it
-    say("ceiling: a first read of the backlog, left out of the figures")
+    # the first read of a new backlog is often the slowest (in one test 148k events/s, then
+    # 161-164k for the next four reads): it is made once and left out, or the first pipeline's
+    # ratio could gain by it
     results["ceiling_warmup"] = kafka.ceiling(cluster.bootstrap, topic, config["partitions"])
+    say(f"ceiling: a first read of the backlog, left out of the figures: "
+        f"{results['ceiling_warmup']['events_per_s']:,.0f} events/s")
     results["pipelines"], results["ceilings"] = [], []
     for p in prepared:  # the machine's speed drifts: each pipeline is held against a ceiling taken just before it
         say(f"ceiling: kafka-python reading the backlog (before {p.settings['name']})")
