@@ -4,9 +4,11 @@ Phases, each with progress lines on stderr:
 
 1. fill a new topic (``--partitions``) with ``--events`` generated clicks keyed by user, 3% bad;
 2. the ceiling: kafka-python reading that backlog and doing nothing with it (once before it
-   counts, and then just before each pipeline);
-3. each pipeline in-process to the end of the backlog: throughput (and its ratio to the
-   ceiling), time to first event, checkpoint commit times, peak RSS, LMDB size per open item;
+   counts, and then just before each run of a pipeline);
+3. each pipeline in-process to the end of the backlog, ``--repeat`` times: throughput (and its
+   ratio to the ceiling read just before), time to first event, checkpoint commit times, peak
+   RSS, LMDB size per open item; the run with the median ratio gives the figures, and the
+   ratios of all runs are shown beside it;
 4. latency: first kafka-python alone (the floor), then the fault-tolerant pipeline unbounded,
    while a producer process offers ``--rate`` events/s (the first ``--warmup-seconds`` apart),
    each on an empty embedded broker of its own;
@@ -31,12 +33,12 @@ from plugins.bench.common import INTERRUPTED
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PIPELINES = ("pipelines/basic.yaml", "pipelines/fault_tolerant.yaml")
 LATENCY_PIPELINE = "fault_tolerant"
-FULL = {"events": 200_000, "rate": 5000.0, "latency_seconds": 30.0, "warmup_seconds": 2.0, "recovery_keys": 1_000_000}
+FULL = {"events": 200_000, "repeat": 3, "rate": 5000.0, "latency_seconds": 30.0, "warmup_seconds": 2.0, "recovery_keys": 1_000_000}
 # The latency floor is measured for as long as the latency phase, up to this: the embedded
 # broker's latency grows as its topics fill (kafka-python alone at 5,000/s here: p99 57 ms over
 # 10 s, 217 ms over 40 s), so a shorter floor would not be the floor of the phase it is beside.
 FLOOR_SECONDS = FULL["latency_seconds"]
-QUICK = {"events": 5000, "rate": 1000.0, "latency_seconds": 3.0, "warmup_seconds": 0.5, "recovery_keys": 20_000}
+QUICK = {"events": 5000, "repeat": 1, "rate": 1000.0, "latency_seconds": 3.0, "warmup_seconds": 0.5, "recovery_keys": 20_000}
 
 
 def add_command(subparsers) -> None:
@@ -51,6 +53,9 @@ def add_command(subparsers) -> None:
     p.add_argument("--events", type=_positive(int), metavar="N",
                    help=f"backlog size (default {FULL['events']}; --quick {QUICK['events']})")
     p.add_argument("--partitions", type=_positive(int), default=3, help="partitions of the topics (default 3)")
+    p.add_argument("--repeat", type=_positive(int), metavar="N",
+                   help=f"runs of each pipeline, each after a ceiling read of its own; the figures are the run "
+                        f"with the median ratio (default {FULL['repeat']}; --quick {QUICK['repeat']})")
     p.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
     p.add_argument("--bootstrap", metavar="HOST:PORT", help="use this Kafka instead of the embedded broker")
     p.add_argument("--rate", type=_positive(float), metavar="N",
@@ -142,12 +147,14 @@ def measure(config: dict, cleanup: contextlib.ExitStack) -> dict:
     say(f"ceiling: a first read of the backlog, left out of the figures: "
         f"{results['ceiling_warmup']['events_per_s']:,.0f} events/s")
     results["pipelines"], results["ceilings"] = [], []
-    for p in prepared:  # the machine's speed drifts: each pipeline is held against a ceiling taken just before it
-        say(f"ceiling: kafka-python reading the backlog (before {p.settings['name']})")
-        ceiling = kafka.ceiling(cluster.bootstrap, topic, config["partitions"])
-        say(f"ceiling: {ceiling['events_per_s']:,.0f} events/s")
+    for i, (path, first) in enumerate(zip(config["pipelines"], prepared)):
+        runs = []
+        for n in range(config["repeat"]):
+            p = first if n == 0 else pipelines.prepare(path, workdir, cluster, topic, f"p{i}-{n}")
+            runs.append(_paired_run(p, cluster, topic, config, n))
+        ceiling, chosen = pipelines.median_run(runs)
         results["ceilings"].append(ceiling)
-        results["pipelines"].append(pipelines.throughput(p, config["events"], ceiling["events_per_s"]))
+        results["pipelines"].append(chosen)
     results["ceiling"] = results["ceilings"][0]
 
     names = [p.name for p in prepared]
@@ -167,3 +174,17 @@ def measure(config: dict, cleanup: contextlib.ExitStack) -> dict:
 
     results["recovery"] = recovery.recovery(workdir, config["recovery_keys"])
     return results
+
+
+def _paired_run(p, cluster, topic: str, config: dict, n: int) -> tuple[dict, dict]:
+    """A ceiling read, then a run of ``p``: (ceiling, throughput). The machine's speed drifts
+    (on a shared VM, 62k-111k events/s for the same read within minutes), so each run is held
+    against a ceiling taken just before it."""
+    from plugins.bench import kafka, pipelines
+    from plugins.bench.common import say
+
+    which = p.settings["name"] + (f", run {n + 1} of {config['repeat']}" if config["repeat"] > 1 else "")
+    say(f"ceiling: kafka-python reading the backlog (before {which})")
+    ceiling = kafka.ceiling(cluster.bootstrap, topic, config["partitions"])
+    say(f"ceiling: {ceiling['events_per_s']:,.0f} events/s")
+    return ceiling, pipelines.throughput(p, config["events"], ceiling["events_per_s"])

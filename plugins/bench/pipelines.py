@@ -139,6 +139,16 @@ def throughput(pipeline, events: int, ceiling_eps: float) -> dict:
     return result
 
 
+def median_run(runs: list[tuple[dict, dict]]) -> tuple[dict, dict]:
+    """Of ``(ceiling, throughput)`` pairs, the one whose ratio is the median (of an even
+    number, the lower middle one); its throughput figures list every run under ``runs``."""
+    ordered = sorted(runs, key=lambda run: run[1]["ratio_to_ceiling"] or 0.0)
+    ceiling, chosen = ordered[(len(ordered) - 1) // 2]
+    chosen["runs"] = [{key: result[key] for key in ("events_per_s", "ceiling_events_per_s", "ratio_to_ceiling")}
+                      for _, result in runs]
+    return ceiling, chosen
+
+
 def state_figures(pipeline, runner: Runner) -> dict:
     """What the state holds after the run: open keys, windows and sessions per stage, and for
     LMDB the size of data.mdb, the pages in use, and the bytes in use per open item."""

@@ -68,10 +68,13 @@ def table(results: dict) -> str:
     add("backlog", f"{fill['events']:,} events ({fill['bad']:,} bad), {results['config']['partitions']} partitions")
     for p in results["pipelines"]:
         n = p["name"]
-        add(f"{n}: ceiling just before it, kafka-python, records untouched",
+        add(f"{n}: ceiling just before its run, kafka-python, records untouched",
             f"{p['ceiling_events_per_s']:,.0f} events/s")
         add(f"{n}: throughput", f"{p['events_per_s']:,.0f} events/s = {p['ratio_to_ceiling']:.2f}x ceiling",
             f"{n}.ratio_to_ceiling")
+        if len(p["runs"]) > 1:
+            add(f"{n}: the ratios of its {len(p['runs'])} runs (the median one gives its figures)",
+                ", ".join(f"{run['ratio_to_ceiling']:.2f}x" for run in p["runs"]))
         add(f"{n}: events processed, wall time", f"{p['events']:,} in {p['seconds']:.2f} s")
         add(f"{n}: time to first event", f"{p['first_event_s'] * 1000:.0f} ms")
         cp, wr = p["checkpoint_ms"], p["checkpoint_write_ms"]
