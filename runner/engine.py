@@ -84,6 +84,7 @@ class Runner:
         self.every_s = s["checkpoint"]["every_ms"] / 1000
         self.when_quiet = s["checkpoint"]["when_quiet"]
         self.stop_requested = False
+        self.signalled: int | None = None  # the signal (SIGINT, SIGTERM) that asked for the stop, if one did
         self._pkeys: dict = {}
         self.processed = 0
         # observer.on_checkpoint(number, commit_ms, write, batches) once each checkpoint is on
@@ -192,6 +193,7 @@ class Runner:
         if self.stop_requested:  # a second Ctrl+C: the last checkpoint stands
             raise KeyboardInterrupt
         self.stop_requested = True
+        self.signalled = signum
         checkpoint = getattr(self, "checkpoint", None)
         if checkpoint is not None and checkpoint.in_sink:
             raise Stopped()  # a sink that hangs must not keep us: its outputs stay in the outbox

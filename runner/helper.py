@@ -22,6 +22,7 @@ import struct
 import subprocess
 import sys
 import time
+import weakref
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -33,6 +34,13 @@ STOP_WAIT_S = 10.0
 # a checkpoint of long sessions), so a sender blocks only when the other side is that far behind.
 BUFFER_BYTES = 4 << 20
 _PR_SET_PDEATHSIG = 1
+_open_helpers: "weakref.WeakSet[Helper]" = weakref.WeakSet()
+
+
+def open_helper_pids() -> list[int]:
+    """The process ids of this process's helpers that were started and not closed yet (for
+    measurements: ``runner bench`` sums their memory)."""
+    return [helper.process.pid for helper in list(_open_helpers)]
 
 
 class Helper:
@@ -52,6 +60,7 @@ class Helper:
         self.process = subprocess.Popen([sys.executable, "-m", module, str(child.fileno()), str(os.getpid())],
                                         pass_fds=(child.fileno(), *keep), stdin=subprocess.DEVNULL, env=env)
         child.close()
+        _open_helpers.add(self)
         self._poller = select.poll()
         self._poller.register(self.conn.fileno(), select.POLLIN)
         try:
@@ -95,6 +104,7 @@ class Helper:
         except subprocess.TimeoutExpired:
             pass
         finally:
+            _open_helpers.discard(self)
             if self.process.poll() is None:
                 self.process.kill()
                 try:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
 import resource
 import sys
 import threading
 import time
+
+from runner.helper import open_helper_pids
 
 
 def say(message: str) -> None:
@@ -134,8 +135,9 @@ def peak_rss_mib() -> float:
 
 
 class HelperMemory:
-    """The peak of the summed RSS of this process's helper processes (``runner.helper``: the
-    state writer, the Kafka reader and producers), sampled every ``EVERY_S`` (Linux; 0 elsewhere)."""
+    """The peak of the summed RSS of this process's open helper processes (``runner.helper``:
+    the state writer, the Kafka reader and producers), sampled every ``EVERY_S`` (Linux; 0
+    elsewhere)."""
 
     EVERY_S = 0.2
 
@@ -153,34 +155,15 @@ class HelperMemory:
         self._thread.join()
 
     def _sample(self) -> None:
-        me = str(os.getpid())
         while not self._stop.wait(self.EVERY_S):
             total = 0
-            for pid in _children():
+            for pid in open_helper_pids():
                 try:
-                    with open(f"/proc/{pid}/cmdline", "rb") as f:
-                        args = f.read().split(b"\0")
-                    if b"-m" in args and args[-2:-1] == [me.encode()]:  # a helper's argv ends with its parent's pid
-                        with open(f"/proc/{pid}/status") as f:
-                            total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+                    with open(f"/proc/{pid}/status") as f:
+                        total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
                 except (OSError, StopIteration, ValueError):
                     continue  # gone meanwhile
             self.peak_mib = max(self.peak_mib, total / 1024)
-
-
-def _children() -> list[str]:
-    try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        return []
-    pids = []
-    for task in tasks:
-        try:
-            with open(f"/proc/self/task/{task}/children") as f:
-                pids += f.read().split()
-        except OSError:
-            continue
-    return pids
 
 
 class Interrupted(KeyboardInterrupt):

@@ -81,22 +81,18 @@ def _locate(relative: str, pipeline_path: Path) -> str:
 def _run(runner: Runner, log: QuietLog, stopped_by_bench=lambda: False) -> None:
     """``runner.run()``; a stop the bench did not ask for is Ctrl+C (or SIGTERM)."""
     stop_if_interrupted()
-    runners_handler = runner._on_signal
-
-    def on_signal(signum, frame):  # the runner's handler takes them while it runs: the bench notes them too
-        INTERRUPTED.set()
-        runners_handler(signum, frame)
-
-    runner._on_signal = on_signal
     try:
-        runner.run()
-    except KeyboardInterrupt:
+        runner.run()  # its own handler takes Ctrl+C and SIGTERM while it runs, and stops cleanly
+    except KeyboardInterrupt:  # a second one: the runner left at once
+        INTERRUPTED.set()
         raise Interrupted() from None
     except BaseException:
         for line in log.lines:
             say(f"  {runner.settings['name']}: {line}")
         raise
-    stop_if_interrupted()  # a second Ctrl+C's KeyboardInterrupt may have been dropped by kafka-python
+    if runner.signalled is not None:
+        INTERRUPTED.set()
+    stop_if_interrupted()
     if runner.stop_requested and not stopped_by_bench():
         raise Interrupted()
 

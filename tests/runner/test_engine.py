@@ -1,10 +1,12 @@
-"""The processing loop: its checkpoint triggers on the real broker with the Kafka source, and
-the collector thresholds it runs with."""
+"""The processing loop: its checkpoint triggers on the real broker with the Kafka source, the
+collector thresholds it runs with, and a stop by signal."""
 
 from __future__ import annotations
 
 import gc
 import json
+import os
+import signal
 import threading
 import time
 
@@ -98,3 +100,36 @@ def test_the_collector_runs_with_its_own_thresholds_and_they_are_restored(tmp_pa
     assert runner.processed == 3
     assert during == [GC_THRESHOLDS]
     assert gc.get_threshold() == before
+
+
+@pytest.mark.parametrize("by_signal", [True, False])
+def test_a_stop_by_signal_is_clean_and_says_which_signal(tmp_path, by_signal):
+    path = tmp_path / "endless.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "endless",
+        "source": {"type": "generator", "rate": 1000},
+        "state": {"path": str(tmp_path / "state")},
+        "dlq": {"type": "jsonl", "path": str(tmp_path / "dlq.jsonl")},
+        "stages": [{"type": "aggregate", "name": "views", "key_by": "page_url", "aggregations": {"views": "count"}}],
+        "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
+    }))
+    lines = []
+    runner = Runner(config.load(str(path)), log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+
+    def stop_once_running():
+        deadline = time.monotonic() + 30
+        while runner.processed < 100 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if by_signal:
+            os.kill(os.getpid(), signal.SIGTERM)  # taken by the runner's handler in the main thread
+        else:
+            runner.stop_requested = True
+
+    stopper = threading.Thread(target=stop_once_running, daemon=True)
+    stopper.start()
+    previous = signal.getsignal(signal.SIGTERM)
+    assert runner.run() == 0
+    stopper.join(5)
+    assert runner.processed >= 100 and "stopped cleanly" in lines[-1]
+    assert runner.signalled == (signal.SIGTERM if by_signal else None)
+    assert signal.getsignal(signal.SIGTERM) is previous

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from runner.components import RunnerError
+from runner.helper import open_helper_pids
 from runner.state import MAX_IN_FLIGHT, Frozen, FrozenList, LmdbStore, take_lock
 from runner.state_writer import Writer
 from tests import faults
@@ -219,6 +220,14 @@ def test_a_value_whose_blob_is_missing_fails_naming_it(tmp_path):
     with pytest.raises(RunnerError, match=f"table t, key b'k' refers to blob {lost.id.hex()}, which is missing"):
         store.table("t").get(b"k")
     store.close()
+
+
+def test_the_writer_process_is_listed_among_the_open_helpers_until_the_store_closes(tmp_path):
+    store = LmdbStore(tmp_path)
+    pid = store._writer.process.pid
+    assert pid in open_helper_pids()
+    store.close()
+    assert pid not in open_helper_pids()
 
 
 def test_a_killed_writer_process_fails_the_next_checkpoint_and_the_last_one_stands(tmp_path):
