@@ -109,6 +109,11 @@ class Component:
 class Source(Component):
     """Where input records come from. One instance reads every partition of its topics."""
 
+    fetched_at: float | None = None
+    """``time.time()`` when the records of the last ``poll`` were fetched, for a source that
+    reads ahead of its polls (the Kafka source's reader process); None if it does not know.
+    Only measurements read it (``runner bench`` splits a record's latency at it)."""
+
     def open(self, offsets: dict[str, int]) -> dict[str, int]:
         """Called once before the first ``poll``.
 

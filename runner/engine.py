@@ -89,11 +89,12 @@ class Runner:
         self.processed = 0
         # observer.on_checkpoint(number, commit_ms, write, batches) once each checkpoint is on
         # disk (see Checkpoint.on_durable), with batches = [(time.time() the source's poll
-        # returned them, [record timestamp, ...]), ...] of the records it holds;
+        # returned them, its fetched_at, [record timestamp, ...]), ...] of the records it holds;
         # observer.on_first_event() once: for benchmarks, off the hot path when None
         self.observer = observer
         self._batches: list = []
         self._polled_at = 0.0
+        self._fetched_at: float | None = None
         self._advanced_to = None  # the watermark window stages last saw
         self._next_recheck = 0.0  # bounded runs: when to look for lost input again
 
@@ -205,7 +206,7 @@ class Runner:
         while not self.stop_requested and not self._reached_end():
             records = self._poll(0.1 if self.every_s == 0 else min(0.1, self.every_s))
             if self.observer is not None:
-                self._polled_at = time.time()
+                self._polled_at, self._fetched_at = time.time(), self.source.fetched_at
             self.checkpoint.settle(wait=not records)  # outputs of a checkpoint on disk go out now
             if records:
                 self._consume(records)
@@ -309,7 +310,7 @@ class Runner:
         if self.observer is not None:
             if not self.processed:
                 self.observer.on_first_event()
-            self._batches.append((self._polled_at, [r.timestamp for r in records]))
+            self._batches.append((self._polled_at, self._fetched_at, [r.timestamp for r in records]))
         self.processed += len(records)
         for i, proc in enumerate(self.processors):
             if i == self.first_windowed:

@@ -49,18 +49,21 @@ class Observer:
     def on_checkpoint(self, number: int, commit_ms: float, write, batches: list) -> None:
         self.commit_ms.append(commit_ms)
         self.write_ms.append(commit_ms if write is None else write[0])  # a memory store writes in commit
-        self.records += sum(len(stamps) for _, stamps in batches)
+        self.records += sum(len(stamps) for _, _, stamps in batches)
 
 
 class LatencyObserver(Observer):
     """Also: per record, the wall time its checkpoint was on disk minus the record's timestamp
-    (ms), and the part of it in the runner (from its source's poll on); records stamped
-    before ``warmup_until_ms`` apart; a ``Progress`` line out of ``expected`` records."""
+    (ms), the part of it in the runner (from its source's poll on), and the part between its
+    source's fetch and that poll (the source's ``fetched_at``: for Kafka, the wait in the pipe
+    from the reader process while the runner was busy); records stamped before
+    ``warmup_until_ms`` apart; a ``Progress`` line out of ``expected`` records."""
 
     def __init__(self, expected: int):
         super().__init__()
         self.latencies: list[float] = []
         self.in_runner: list[float] = []
+        self.fetched_to_polled: list[float] = []
         self.warmup: list[float] = []
         self.warmup_until_ms = -math.inf  # set when the load starts
         self.progress = Progress("latency", expected)
@@ -69,7 +72,7 @@ class LatencyObserver(Observer):
         synced_ms = (time.time() if write is None else write[1]) * 1000
         super().on_checkpoint(number, commit_ms, write, batches)
         warmup_until = self.warmup_until_ms
-        for polled_at, stamps in batches:
+        for polled_at, fetched_at, stamps in batches:
             for ts in stamps:
                 if ts is None:
                     continue
@@ -78,6 +81,8 @@ class LatencyObserver(Observer):
                 else:
                     self.latencies.append(synced_ms - ts)
                     self.in_runner.append(synced_ms - polled_at * 1000)
+                    if fetched_at is not None:
+                        self.fetched_to_polled.append((polled_at - fetched_at) * 1000)
         self.progress.show(self.records)
 
 

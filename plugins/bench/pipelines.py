@@ -214,7 +214,8 @@ def latency(pipeline, cluster: bk.Cluster, topic: str, rate: float, seconds: flo
         "achieved_rate": sent["sent"] / sent["send_seconds"] if sent["send_seconds"] else None,
         "checkpoints": len(observer.commit_ms), "producer_linger_ms": producer.LINGER_MS,
         **latency_ms(observer.latencies),
-        "in_runner": latency_ms(observer.in_runner), "warmup": latency_ms(observer.warmup),
+        "in_runner": latency_ms(observer.in_runner), "fetched_to_polled": latency_ms(observer.fetched_to_polled),
+        "warmup": latency_ms(observer.warmup),
     }
     unmeasured = result["sent"] - result["measured"] - result["warmup"]["measured"]
     say(f"latency: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, max {result['max_ms']:.1f} ms; "

@@ -95,6 +95,7 @@ def table(results: dict) -> str:
         add(f"latency {lat['pipeline']} at {lat['rate']:g}/s for {lat['seconds']:g} s "
             f"after {lat['warmup_seconds']:g} s: p50 / p99 / max", _latencies(lat), "latency.p99_ms")
         add("latency: of which in the runner (polled -> checkpoint on disk)", _latencies(lat["in_runner"]))
+        add("latency: of which between the source's fetch and the runner's poll", _latencies(lat["fetched_to_polled"]))
         add(f"latency: the {lat['warmup_seconds']:g} s warm-up (the runner starting)", _latencies(lat["warmup"]))
         add("latency: records measured (+ warm-up), rate achieved",
             f"{lat['measured']:,} (+ {lat['warmup']['measured']:,}) of {lat['sent']:,}, "

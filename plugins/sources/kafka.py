@@ -121,9 +121,10 @@ class KafkaSource(Source):
         if self.local is not None and self.reader is not None:
             self._hand_over()
         got = (self.local or self.reader).read(timeout)
-        records = []
+        records, self.fetched_at = [], None
         if got is not None:
-            records, status = got
+            records, status, fetched_at = got
+            self.fetched_at = fetched_at if records else None
             for name, (position, high) in status.items():
                 # a position kafka-python does not know (a reset pending) stays the last known
                 self.status[name] = (self.status[name][0] if position is None else position, high)

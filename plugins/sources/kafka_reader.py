@@ -16,8 +16,9 @@ to leave, no offsets to commit, and a clean close of its consumer took 0.1-0.2 s
 run); the child exits within ``POLL_MS`` once its parent is gone (a SIGKILL included).
 
 Messages, child to parent (pickled tuples): ``("ready",)`` once connected;
-``("data", epoch, parts, status)`` after every poll that returned records, and whenever
-the status changed (``parts`` and ``status`` as ``Fetch.poll`` returns them);
+``("data", epoch, parts, status, fetched_at)`` after every poll that returned records, and
+whenever the status changed (``parts`` and ``status`` as ``Fetch.poll`` returns them,
+``fetched_at`` the ``time.time()`` the poll returned);
 ``("assigned", epoch, {partition: position})`` answers an ``assign``; ``("error", text)``
 precedes an exit. Parent to child: ``("assign", epoch, {partition: offset or None for the
 log start})`` (every partition, each time).
@@ -100,7 +101,7 @@ class LocalReader:
 
     def read(self, timeout: float):
         parts, status = self.fetch.poll(max(0, int(timeout * 1000)))
-        return records_of(parts), status
+        return records_of(parts), status, time.time()
 
     def close(self) -> None:
         self.fetch.close()
@@ -143,14 +144,14 @@ class Reader(Helper):
         raise RunnerError(f"the Kafka reader of {self.servers} did not move to {offsets} within {timeout:g} s")
 
     def read(self, timeout: float):
-        """``(records, status)`` of the next poll of the current epoch, or None if nothing
-        came within ``timeout`` s."""
+        """``(records, status, fetched_at)`` of the next poll of the current epoch, or None if
+        nothing came within ``timeout`` s."""
         if not self.waiting(timeout):
             return None
         message = self._receive()
         if message[0] != "data" or message[1] != self.epoch:
             return None
-        return records_of(message[2]), message[3]
+        return records_of(message[2]), message[3], message[4]
 
     def _gone(self) -> str:
         return (f"the Kafka reader process of {self.servers} ended unexpectedly "
@@ -194,7 +195,7 @@ def _serve(conn: Connection, parent: int, fetch: Fetch) -> None:
                 continue
             parts, status = fetch.poll(POLL_MS)
             if parts or status != last:
-                conn.send(("data", epoch, parts, status))
+                conn.send(("data", epoch, parts, status, time.time()))
                 last = status
     finally:
         fetch.close()

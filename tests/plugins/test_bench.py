@@ -75,6 +75,11 @@ def test_quick_bench_reports_every_figure(broker, tmp_path, capsys):
              latency["warmup"]["measured"], latency["in_runner"]["p50_ms"])
     # the runner's part is part of the whole, record by record
     assert latency["in_runner"]["max_ms"] <= latency["max_ms"]
+    # the Kafka source says when its reader fetched each record: the wait before the runner's
+    # poll, which is part of the whole too
+    waited = latency["fetched_to_polled"]
+    assert waited["measured"] == latency["measured"]
+    assert 0 <= waited["p50_ms"] <= waited["max_ms"] <= latency["max_ms"]
 
     floor = figures["latency_floor"]
     assert floor["sent"] == floor["measured"] + floor["warmup"]["measured"] == sent
@@ -96,7 +101,7 @@ def test_quick_bench_reports_every_figure(broker, tmp_path, capsys):
         "fault_tolerant.checkpoint_ms.median", "latency.p99_ms", "recovery.first_event_s"}
 
     for label in ("ceiling", "basic: throughput", "basic: the ratios of its 2 runs", "fault_tolerant: checkpoint median", "latency floor",
-                  "of which in the runner", "warm-up", "recovery",
+                  "of which in the runner", "between the source's fetch and the runner's poll", "warm-up", "recovery",
                   "machine:", "kafka-python"):
         assert label in table
 

@@ -32,7 +32,7 @@ class Checkpoints:
 
     def on_checkpoint(self, number, commit_ms, write, batches) -> None:
         synced_at = time.time() if write is None else write[1]
-        self.taken.append((synced_at, sum(len(stamps) for _, stamps in batches)))
+        self.taken.append((synced_at, sum(len(stamps) for _, _, stamps in batches)))
 
 
 @pytest.mark.parametrize("when_quiet", [True, False])
