@@ -34,11 +34,11 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PIPELINES = ("pipelines/basic.yaml", "pipelines/fault_tolerant.yaml")
 LATENCY_PIPELINE = "fault_tolerant"
 FULL = {"events": 200_000, "repeat": 3, "rate": 5000.0, "latency_seconds": 30.0, "warmup_seconds": 2.0, "recovery_keys": 1_000_000}
-# The latency floor is measured for as long as the latency phase, up to this: the embedded
-# broker's latency grows as its topics fill (kafka-python alone at 5,000/s here: p99 57 ms over
-# 10 s, 217 ms over 40 s), so a shorter floor would not be the floor of the phase it is beside.
-FLOOR_SECONDS = FULL["latency_seconds"]
 QUICK = {"events": 5000, "repeat": 1, "rate": 1000.0, "latency_seconds": 3.0, "warmup_seconds": 0.5, "recovery_keys": 20_000}
+# The latency floor is measured for as long as the latency phase, up to the mode's own latency
+# length (--quick keeps every phase short): the embedded broker's latency grows as its topics
+# fill (kafka-python alone at 5,000/s here: p99 57 ms over 10 s, 217 ms over 40 s), so a
+# shorter floor would not be the floor of the phase it is beside.
 
 
 def add_command(subparsers) -> None:
@@ -61,7 +61,8 @@ def add_command(subparsers) -> None:
     p.add_argument("--rate", type=_positive(float), metavar="N",
                    help=f"latency phase: events/s offered (default {FULL['rate']:g}; --quick {QUICK['rate']:g})")
     p.add_argument("--latency-seconds", type=_positive(float), metavar="S",
-                   help=f"latency phase: how long (default {FULL['latency_seconds']:g}; --quick {QUICK['latency_seconds']:g})")
+                   help=f"latency phase: how long (default {FULL['latency_seconds']:g}; --quick {QUICK['latency_seconds']:g}); "
+                        f"the floor beside it runs as long, up to the default")
     p.add_argument("--warmup-seconds", type=_positive(float), metavar="S",
                    help=f"latency phases: records sent in the first S seconds (the runner's start-up) are reported "
                         f"apart (default {FULL['warmup_seconds']:g}; --quick {QUICK['warmup_seconds']:g})")
@@ -161,12 +162,13 @@ def measure(config: dict, cleanup: contextlib.ExitStack) -> dict:
     latency_path = (config["pipelines"][names.index(LATENCY_PIPELINE)] if LATENCY_PIPELINE in names
                     else str(ROOT / "pipelines" / f"{LATENCY_PIPELINE}.yaml"))
     rate, seconds, warmup = config["rate"], config["latency_seconds"], config["warmup_seconds"]
-    say(f"latency floor: kafka-python alone at {rate:g} events/s for {min(seconds, FLOOR_SECONDS):g} s "
+    floor_seconds = min(seconds, (QUICK if config["quick"] else FULL)["latency_seconds"])
+    say(f"latency floor: kafka-python alone at {rate:g} events/s for {floor_seconds:g} s "
         f"after a {warmup:g} s warm-up")
     cluster.renew()
     floor = cluster.topic("floor", config["partitions"])
     results["latency_floor"] = kafka.latency_floor(cluster.bootstrap, floor, config["partitions"], rate,
-                                                   min(seconds, FLOOR_SECONDS), warmup)
+                                                   floor_seconds, warmup)
     cluster.renew()
     live = cluster.topic("live", config["partitions"])
     pipeline = pipelines.prepare(latency_path, workdir, cluster, live, "latency")
