@@ -139,6 +139,36 @@ def peak_rss_mib() -> float:
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
+class ThreadTime:
+    """Where this thread's wall time went while in the ``with`` block, from Linux's
+    ``/proc/thread-self/schedstat``: on a core, runnable but waiting for one (other processes
+    held both), and the rest, waiting (for a pipe, the disk, a lock). ``figures`` is None where
+    the kernel does not say."""
+
+    def __enter__(self) -> "ThreadTime":
+        self.figures = None
+        self._start = (time.perf_counter(), _schedstat())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall, before, after = time.perf_counter() - self._start[0], self._start[1], _schedstat()
+        if before is None or after is None:
+            return
+        on_cpu, queued = (after[0] - before[0]) / 1e9, (after[1] - before[1]) / 1e9
+        self.figures = {"wall_s": wall, "on_cpu_s": on_cpu, "run_queue_s": queued,
+                        "waiting_s": max(0.0, wall - on_cpu - queued)}
+
+
+def _schedstat() -> tuple[int, int] | None:
+    """(ns on a core, ns runnable in a run queue) of this thread so far."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            on_cpu, queued, _ = f.read().split()
+        return int(on_cpu), int(queued)
+    except (OSError, ValueError):
+        return None
+
+
 class HelperMemory:
     """The peak of the summed RSS of this process's open helper processes (``runner.helper``:
     the state writer, the Kafka reader and producers), sampled every ``EVERY_S`` (Linux; 0

@@ -81,6 +81,11 @@ def table(results: dict) -> str:
         add(f"{n}: checkpoint median / p99 ({cp['count']}), processing", f"{cp['median']:.3f} / {cp['p99']:.3f} ms",
             f"{n}.checkpoint_ms.median")
         add(f"{n}: its transaction written + synced (writer process)", f"{wr['median']:.3f} / {wr['p99']:.3f} ms")
+        thread = p["main_thread"]
+        if thread:
+            add(f"{n}: the runner's thread on a core / waiting for a core / waiting (pipes, disk)",
+                " / ".join(f"{thread[k] / thread['wall_s']:.0%}" for k in ("on_cpu_s", "run_queue_s", "waiting_s"))
+                + f" of {thread['wall_s']:.2f} s; {p['main_thread_cpu_us_per_event']:.1f} us of CPU an event")
         add(f"{n}: peak RSS ({p['peak_rss_scope']}), runner + its helper processes",
             f"{p['peak_rss_mib']:.0f} + {p['helpers_peak_rss_mib']:.0f} MiB")
         st = p["state"]

@@ -11,10 +11,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from plugins import broker as embedded
 from plugins.bench import QUICK
+from plugins.bench.common import ThreadTime
 from plugins.bench.pipelines import median_run
 from plugins.bench.recovery import EXTRA
 from runner.cli import main
@@ -56,6 +58,11 @@ def test_quick_bench_reports_every_figure(broker, tmp_path, capsys):
         positive(p["seconds"], p["events_per_s"], p["ratio_to_ceiling"], p["first_event_s"],
                  p["after_first_event_events_per_s"], cp["median"], cp["p99"], cp["max"], p["peak_rss_mib"],
                  p["state"]["open_total"])
+        # the runner's thread: its time on a core and in the run queue fit in its wall time
+        thread = p["main_thread"]
+        positive(thread["wall_s"], thread["on_cpu_s"], p["main_thread_cpu_us_per_event"])
+        assert thread["run_queue_s"] >= 0 and thread["waiting_s"] >= 0
+        assert thread["on_cpu_s"] + thread["run_queue_s"] <= thread["wall_s"] * 1.02 + 0.01
     basic, fault_tolerant = figures["pipelines"]
     assert basic["state"]["backend"] == "memory" and basic["state"]["used_bytes"] is None
     # its state writer, Kafka reader and DLQ producer live through the whole run
@@ -100,7 +107,7 @@ def test_quick_bench_reports_every_figure(broker, tmp_path, capsys):
         "basic.ratio_to_ceiling", "basic.checkpoint_ms.median", "fault_tolerant.ratio_to_ceiling",
         "fault_tolerant.checkpoint_ms.median", "latency.p99_ms", "recovery.first_event_s"}
 
-    for label in ("ceiling", "basic: throughput", "basic: the ratios of its 2 runs", "fault_tolerant: checkpoint median", "latency floor",
+    for label in ("ceiling", "basic: throughput", "basic: the ratios of its 2 runs", "fault_tolerant: the runner's thread on a core", "fault_tolerant: checkpoint median", "latency floor",
                   "of which in the runner", "between the source's fetch and the runner's poll", "warm-up", "recovery",
                   "machine:", "kafka-python"):
         assert label in table
@@ -115,6 +122,17 @@ def test_the_median_run_gives_the_figures():
         ceiling, chosen = median_run([run(r) for r in ratios])
         assert chosen["ratio_to_ceiling"] == expected and ceiling["ratio_to_ceiling"] == expected
         assert [r["ratio_to_ceiling"] for r in chosen["runs"]] == ratios  # in the order they ran
+
+
+def test_thread_time_tells_a_busy_thread_from_a_waiting_one():
+    with ThreadTime() as sleeping:
+        time.sleep(0.3)
+    busy_until = time.perf_counter() + 0.3
+    with ThreadTime() as busy:
+        while time.perf_counter() < busy_until:
+            pass
+    assert sleeping.figures["waiting_s"] > 0.2 > sleeping.figures["on_cpu_s"]
+    assert busy.figures["on_cpu_s"] + busy.figures["run_queue_s"] > 0.2 > busy.figures["waiting_s"]
 
 
 def test_bench_rejects_a_pipeline_without_a_kafka_source(broker, tmp_path, capsys):
