@@ -82,7 +82,7 @@ def table(results: dict) -> str:
             f"{n}.checkpoint_ms.median")
         add(f"{n}: its transaction written + synced (writer process)", f"{wr['median']:.3f} / {wr['p99']:.3f} ms")
         thread = p["main_thread"]
-        if thread:
+        if thread and p["main_thread_cpu_us_per_event"] is not None:
             add(f"{n}: the runner's thread on a core / waiting for a core / waiting (pipes, disk)",
                 " / ".join(f"{thread[k] / thread['wall_s']:.0%}" for k in ("on_cpu_s", "run_queue_s", "waiting_s"))
                 + f" of {thread['wall_s']:.2f} s; {p['main_thread_cpu_us_per_event']:.1f} us of CPU an event")
