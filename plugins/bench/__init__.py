@@ -152,7 +152,8 @@ def measure(config: dict, cleanup: contextlib.ExitStack) -> dict:
         runs = []
         for n in range(config["repeat"]):
             p = first if n == 0 else pipelines.prepare(path, workdir, cluster, topic, f"p{i}-{n}")
-            runs.append(_paired_run(p, cluster, topic, config, n))
+            label = p.settings["name"] + (f", run {n + 1} of {config['repeat']}" if config["repeat"] > 1 else "")
+            runs.append(pipelines.paired_run(p, cluster.bootstrap, topic, config["partitions"], config["events"], label))
         ceiling, chosen = pipelines.median_run(runs)
         results["ceilings"].append(ceiling)
         results["pipelines"].append(chosen)
@@ -176,17 +177,3 @@ def measure(config: dict, cleanup: contextlib.ExitStack) -> dict:
 
     results["recovery"] = recovery.recovery(workdir, config["recovery_keys"])
     return results
-
-
-def _paired_run(p, cluster, topic: str, config: dict, n: int) -> tuple[dict, dict]:
-    """A ceiling read, then a run of ``p``: (ceiling, throughput). The machine's speed drifts
-    (on a shared VM, 62k-111k events/s for the same read within minutes), so each run is held
-    against a ceiling taken just before it."""
-    from plugins.bench import kafka, pipelines
-    from plugins.bench.common import say
-
-    which = p.settings["name"] + (f", run {n + 1} of {config['repeat']}" if config["repeat"] > 1 else "")
-    say(f"ceiling: kafka-python reading the backlog (before {which})")
-    ceiling = kafka.ceiling(cluster.bootstrap, topic, config["partitions"])
-    say(f"ceiling: {ceiling['events_per_s']:,.0f} events/s")
-    return ceiling, pipelines.throughput(p, config["events"], ceiling["events_per_s"])

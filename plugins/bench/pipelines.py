@@ -140,6 +140,16 @@ def throughput(pipeline, events: int, ceiling_eps: float) -> dict:
     return result
 
 
+def paired_run(pipeline, bootstrap: str, topic: str, partitions: int, events: int, label: str) -> tuple[dict, dict]:
+    """A ceiling read, then a run of ``pipeline``: (ceiling, throughput). The machine's speed
+    drifts (on a shared VM, 62k-111k events/s for the same read within minutes), so each run is
+    held against a ceiling taken just before it."""
+    say(f"ceiling: kafka-python reading the backlog (before {label})")
+    ceiling = bk.ceiling(bootstrap, topic, partitions)
+    say(f"ceiling: {ceiling['events_per_s']:,.0f} events/s")
+    return ceiling, throughput(pipeline, events, ceiling["events_per_s"])
+
+
 def median_run(runs: list[tuple[dict, dict]]) -> tuple[dict, dict]:
     """Of ``(ceiling, throughput)`` pairs, the one whose ratio is the median (of an even
     number, the lower middle one); its throughput figures list every run under ``runs``."""
