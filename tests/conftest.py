@@ -1,4 +1,5 @@
-"""Fixtures for the whole suite: one embedded Kafka-compatible broker per test session."""
+"""Fixtures for the whole suite: one embedded Kafka-compatible broker per test session (per worker
+under pytest-xdist, as `make test` runs it)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from plugins import broker as embedded
 
 @pytest.fixture(scope="session")
 def broker():
-    """The bootstrap string ``127.0.0.1:PORT`` of a Tansu broker started once per session."""
+    """The bootstrap string ``127.0.0.1:PORT`` of a Tansu broker started once per session (worker)."""
     port = embedded.free_port()
     proc = embedded.start_broker(port, {})
     yield f"127.0.0.1:{port}"
