@@ -41,6 +41,20 @@ def read(source: KafkaSource, want: int, seconds: float = 10.0) -> list:
     return records
 
 
+def test_the_first_end_offsets_after_open_are_the_ends_open_measured_later_ones_are_measured_again(
+        broker, topic_factory):
+    topic = topic_factory(1)
+    produce(broker, topic, 0, 10)
+    source = make_source(broker, [topic])
+    try:
+        source.open({})
+        produce(broker, topic, 0, 5)  # after the start: not input present at start
+        assert source.end_offsets() == {f"{topic}/0": 10}  # what a bounded run stops at
+        assert source.end_offsets() == {f"{topic}/0": 15}  # a later look (a recheck) sees the 5
+    finally:
+        source.close()
+
+
 def test_reads_every_partition_from_stored_offsets_and_fixes_true_ends(broker, topic_factory):
     topic = topic_factory(3)
     produce(broker, topic, 0, 1000, one_batch=True)  # Tansu's ListOffsets would say 1 here
