@@ -23,6 +23,7 @@ from runner.components import RunnerError
 
 DEFAULT_SERVERS = "localhost:9092"
 CONNECT_TIMEOUT_S = 10
+PROBE_POLL_MS = 5  # one poll of a high-watermark probe (see high_watermarks)
 
 # Client settings the runner needs; a user's ``options`` may override any of them.
 _COMMON = {
@@ -177,7 +178,10 @@ def high_watermarks(client: KafkaConsumer, tps: list[TopicPartition], timeout: f
         if len(ends) == len(tps) or time.monotonic() >= deadline:
             break
         try:
-            client.poll(timeout_ms=100, max_records=10000)  # the records themselves are not needed
+            # the records themselves are not needed; a poll that returns none waits out its
+            # timeout even once the fetch has answered (an empty partition's high watermark
+            # comes with the first answer): short polls, not one of 100 ms per empty topic
+            client.poll(timeout_ms=PROBE_POLL_MS, max_records=10000)
         except KafkaError:
             pass  # retried until the deadline
     if len(ends) < len(tps):
@@ -188,8 +192,10 @@ def high_watermarks(client: KafkaConsumer, tps: list[TopicPartition], timeout: f
 
 def true_ends(servers: str, options: dict, client_id: str, tps: list[TopicPartition],
               timeout: float = CONNECT_TIMEOUT_S) -> dict:
-    """``high_watermarks`` with a short-lived consumer of its own (small, quick fetches)."""
-    client = consumer(servers, options, client_id, fetch_max_wait_ms=50, max_partition_fetch_bytes=64 * 1024)
+    """``high_watermarks`` with a short-lived consumer of its own (small, quick fetches: a broker
+    holds a fetch of an empty partition for the whole fetch wait, 80 ms of 50 on Tansu, and
+    the answer's high watermark is all a probe needs; a wait of 0 is never answered there)."""
+    client = consumer(servers, options, client_id, fetch_max_wait_ms=1, max_partition_fetch_bytes=64 * 1024)
     try:
         return high_watermarks(client, tps, timeout)
     finally:
