@@ -135,6 +135,17 @@ def child_connection() -> Connection:
     return Connection(int(sys.argv[1]))
 
 
+def run_child(main) -> None:
+    """A helper module's entry point: run ``main``, then end the process at once. The
+    interpreter's own ending (joining kafka-python's threads, freeing every module) took 15 to
+    50 ms of every stop, and a helper that returned has nothing left to save. An exception
+    from ``main`` ends the process as usual, with its traceback."""
+    main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def send_quietly(conn: Connection, message) -> None:
     """Send unless the other end is gone."""
     try:

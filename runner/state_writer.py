@@ -28,7 +28,7 @@ from pathlib import Path
 
 import lmdb
 
-from runner.helper import STOP_WAIT_S, Helper, child_connection, send_quietly
+from runner.helper import STOP_WAIT_S, Helper, child_connection, run_child, send_quietly
 
 ANSWER_S = 120.0  # a checkpoint not on disk after this long is a stuck disk, not a slow one
 
@@ -144,4 +144,4 @@ def _write(env, dbs: dict, writes: list) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_child(main)

@@ -18,7 +18,7 @@ from kafka.errors import KafkaError
 
 from plugins import kafka_common as kc
 from runner.components import RunnerError
-from runner.helper import Helper, child_connection
+from runner.helper import Helper, child_connection, run_child
 
 HEADER = "runner-id"
 ANSWER_MARGIN_S = 10.0  # a flush is answered within its timeout and this
@@ -119,4 +119,4 @@ def _flush(producer, futures: list, timeout: float) -> tuple:
 
 
 if __name__ == "__main__":
-    main()
+    run_child(main)

@@ -35,7 +35,7 @@ from kafka.errors import KafkaError
 
 from plugins import kafka_common as kc
 from runner.components import Record, RunnerError
-from runner.helper import Helper, child_connection, send_quietly
+from runner.helper import Helper, child_connection, run_child, send_quietly
 
 POLL_MS = 100  # one poll's wait in the child: also how soon it sees that its parent is gone
 
@@ -202,4 +202,4 @@ def _serve(conn: Connection, parent: int, fetch: Fetch) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_child(main)
