@@ -84,12 +84,14 @@ class Checkpoint:
         with ``wait``, once all are. False while some are still being written."""
         on_disk = len(self.writing) - self.store.in_flight(wait)
         written = self.store.written
+        outputs: list[tuple[int, Output]] = []
         for _ in range(on_disk):
             number, added, ms, note = self.writing.popleft()
             write = written.popleft() if written else None
             if self.on_durable is not None:
                 self.on_durable(number, ms, write, note)
-            self._deliver(added)
+            outputs += added
+        self._deliver(outputs)  # one hand-over to each sink for all of them
         return not self.writing
 
     def pending(self) -> bool:
