@@ -192,9 +192,10 @@ def high_watermarks(client: KafkaConsumer, tps: list[TopicPartition], timeout: f
 
 def true_ends(servers: str, options: dict, client_id: str, tps: list[TopicPartition],
               timeout: float = CONNECT_TIMEOUT_S) -> dict:
-    """``high_watermarks`` with a short-lived consumer of its own (small, quick fetches: a broker
-    holds a fetch of an empty partition for the whole fetch wait, 80 ms of 50 on Tansu, and
-    the answer's high watermark is all a probe needs; a wait of 0 is never answered there)."""
+    """``high_watermarks`` with a short-lived consumer of its own: small fetches with a 1-ms
+    wait, since a broker holds the fetch of an empty partition for the whole wait (a 50-ms
+    wait cost 80 ms on Tansu) and the answer's high watermark is all a probe needs (a wait
+    of 0 is never answered there)."""
     client = consumer(servers, options, client_id, fetch_max_wait_ms=1, max_partition_fetch_bytes=64 * 1024)
     try:
         return high_watermarks(client, tps, timeout)

@@ -127,8 +127,10 @@ class Source(Component):
         raise NotImplementedError
 
     def end_offsets(self) -> dict[str, int]:
-        """Called once, right after ``open``, by ``--until-end`` and ``--drain``: fix and
-        return the stop offset of every partition (the end as it is now)."""
+        """Called right after ``open`` by ``--until-end`` and ``--drain``: return the stop offset
+        of every partition, the end as it is now (an end ``open`` has just measured will do).
+        While such a run has nothing to read it asks again every 2 s, to stop at a lower end
+        if input present at start was lost."""
         raise NotImplementedError
 
     def poll(self, timeout: float) -> Iterable[Record]:
