@@ -107,9 +107,10 @@ def test_quick_bench_reports_every_figure(broker, tmp_path, capsys):
         "basic.ratio_to_ceiling", "basic.checkpoint_ms.median", "fault_tolerant.ratio_to_ceiling",
         "fault_tolerant.checkpoint_ms.median", "latency.p99_ms", "recovery.first_event_s"}
 
-    for label in ("ceiling", "basic: throughput", "basic: the ratios of its 2 runs", "fault_tolerant: the runner's thread on a core", "fault_tolerant: checkpoint median", "latency floor",
-                  "of which in the runner", "between the source's fetch and the runner's poll", "warm-up", "recovery",
-                  "machine:", "kafka-python"):
+    for label in ("ceiling", "basic: throughput", "basic: the ratios of its 2 runs",
+                  "fault_tolerant: the runner's thread on a core", "fault_tolerant: checkpoint median",
+                  "latency floor", "of which in the runner", "between the source's fetch and the runner's poll",
+                  "warm-up", "recovery", "machine:", "kafka-python"):
         assert label in table
 
 
