@@ -240,7 +240,8 @@ class Collect(Aggregation):
             return acc
         rest = cls._pairs([0, acc[1], frozen[low:], acc[3], acc[4], None])
         insort(rest, (order, value), key=lambda item: item[0])
-        packed = [kept, list(acc[1]), FrozenList(frozen[:low]), bytearray(), [], None]
+        frozen.truncate(low)  # in place: the next checkpoint writes the chunks from ``low`` on
+        packed = [kept, list(acc[1]), frozen, bytearray(), [], None]
         for order, value in rest[:limit - kept] if limit else rest:
             cls._append(packed, order, value)
         return packed

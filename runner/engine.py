@@ -15,7 +15,7 @@ from runner.codec import DecodeError, decode
 from runner.components import NO_RECORD, Context, Event, RunnerError
 from runner.eventtime import EventTime
 from runner.outputs import Emitter
-from runner.state import FORMAT, LmdbStore, MemoryStore, Store
+from runner.state import FORMAT, READS, LmdbStore, MemoryStore, Store
 from runner.times import duration_ms, format_watermark
 
 COMMON_KEYS = ("type", "name", "to")
@@ -53,8 +53,8 @@ def check_state(store: Store, settings: dict, fingerprints: dict) -> None:
     if fmt is None:
         return
     where = settings["state"]["path"]
-    if fmt != FORMAT:
-        raise RunnerError(f"the state at {where} has format {fmt!r}, this runner reads {FORMAT!r}: "
+    if fmt not in READS:
+        raise RunnerError(f"the state at {where} has format {fmt!r}, this runner reads {' and '.join(map(repr, READS))}: "
                           f"reset it with 'runner state reset' or give state.path another directory")
     owner = store.meta("pipeline")
     if owner != settings["name"]:

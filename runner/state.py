@@ -11,8 +11,10 @@ LMDB writes and syncs that transaction in a process of its own while processing 
 leave the process before it is.
 
 A value is pickled whole at every checkpoint that changed it. Parts of it that never change
-once made (the full chunks of a long collection) go in ``Frozen`` blobs: LMDB writes each
-one once, under a key of its own, and the value only refers to it.
+once made go in ``Frozen`` blobs: LMDB writes each one once, under a key of its own, and the
+value only refers to it. The full chunks of a long collection go in a ``FrozenList``, which
+the value refers to by its id and length: a checkpoint writes only the chunks appended
+since the last one, so its cost does not grow with the collection.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import lmdb
 from runner.components import RunnerError
 from runner.state_writer import Writer
 
-FORMAT = b"runner-state/2"
+FORMAT = b"runner-state/3"
+READS = (b"runner-state/2", FORMAT)  # /2 stored each chunk of a FrozenList as a Frozen of its own
 LOCK_WAIT_S = 2.0  # how long a start waits for a state lock held by another process
 MAX_IN_FLIGHT = 4  # checkpoints being written at once: the processing waits for no sync
 _DELETED = object()
@@ -53,17 +56,16 @@ class Frozen:
     In LMDB a checkpoint writes a Frozen once, under a key of its own, and the value that
     holds it refers to it by that key; the blob is deleted in the checkpoint that deletes
     the value, or writes it without that Frozen. So a value that grows by whole Frozen
-    chunks costs each checkpoint only what is not frozen yet. A Frozen belongs to the
-    first table key it is written under: put in another key's value too, it is copied into
-    that value. (A key written without having been read first in this process leaves the
-    blobs of its old value behind, unused, until it is deleted.)
+    chunks writes each chunk once, though it refers to all of them at every checkpoint
+    (many chunks belong in a ``FrozenList``). A Frozen belongs to the first table key it is
+    written under: put in another key's value too, it is copied into that value.
     """
 
     __slots__ = ("data", "id", "owner")
 
     def __init__(self, data: bytes, id: bytes | None = None, owner: tuple | None = None):
         self.data = data
-        self.id = id or _PROCESS_ID + next(_numbers).to_bytes(8, "big")
+        self.id = id or _new_id()
         self.owner = owner  # (table, key) it is stored under, once it is
 
     def __reduce__(self):
@@ -75,31 +77,80 @@ class Frozen:
         return (_frozen, (self.id,))
 
 
-class FrozenList(list):
-    """A list of Frozen blobs that pickles as one reference to them all: a value that holds
-    many Frozen (a long collection) would otherwise cost a call for each at every checkpoint."""
+class FrozenList:
+    """Frozen chunks in order, appended to (or cut back with ``truncate``) but never changed
+    in place: the full chunks of a long collection.
 
-    __slots__ = ()
+    In LMDB chunk i is stored under the list's id and i, and the value that holds the list
+    refers to it by (id, length); a checkpoint writes the chunks added since the last one
+    (after a ``truncate``, those from the cut on), so its cost is what changed, not the
+    list's length. The list belongs to the first table key it is written under: put in
+    another key's value too, it is copied into that value, chunk by chunk as Frozen blobs."""
+
+    __slots__ = ("_chunks", "id", "owner", "clean")
+
+    def __init__(self, chunks=(), id: bytes | None = None, owner: tuple | None = None):
+        self._chunks: list[Frozen] = list(chunks)  # changed by append and truncate only
+        self.id = id  # given when first stored
+        self.owner = owner  # (table, key) it is stored under, once it is
+        self.clean = len(self._chunks) if id is not None else 0  # leading chunks as stored under id
+
+    def append(self, chunk: Frozen) -> None:
+        self._chunks.append(chunk)
+
+    def truncate(self, length: int) -> None:
+        """Drop the chunks from ``length`` on."""
+        del self._chunks[length:]
+        self.clean = min(self.clean, length)
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    def __iter__(self):
+        return iter(self._chunks)
+
+    def __getitem__(self, index):
+        return self._chunks[index]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, FrozenList) and [f.data for f in self] == [f.data for f in other]
+
+    __hash__ = None
 
     def __reduce__(self):
         saving = getattr(_context, "saving", None)
-        owner = None if saving is None else saving[0]
-        if not self or saving is None or any(f.owner is not None and f.owner != owner for f in self):
-            return (FrozenList, (list(self),))  # each Frozen by its own rule (none: a plain value)
-        refs = saving[1]
-        for f in self:
-            f.owner = owner
-            refs[f.id] = f
-        return (_frozen_list, ([f.id for f in self],))
+        if saving is None or not self._chunks or (self.owner is not None and self.owner != saving[0]):
+            return (FrozenList, (self._chunks,))  # by value: each chunk by Frozen's own rule
+        if self.id is None:
+            self.id = _new_id()
+        self.owner = saving[0]
+        saving[1][self.id] = self
+        return (_stored_list, (self.id, len(self._chunks)))
+
+
+def _stored_list(id: bytes, length: int) -> FrozenList:
+    return _context.fetch_list(id, length)
 
 
 def _frozen_list(ids: list) -> FrozenList:
+    """A FrozenList as runner-state/2 stored it: a Frozen blob per chunk. Its next checkpoint
+    stores it as this format does, and deletes those blobs."""
     fetch = _context.fetch
     return FrozenList([fetch(id) for id in ids])
 
 
-_PROCESS_ID = os.urandom(8)  # Frozen ids: unique to this process, then numbered
+def _chunk_key(list_id: bytes, index: int) -> bytes:
+    return list_id + index.to_bytes(4, "big")
+
+
+_PROCESS_ID = os.urandom(8)  # Frozen and FrozenList ids: unique to this process, then numbered
 _numbers = itertools.count()
+
+
+def _new_id() -> bytes:
+    return _PROCESS_ID + next(_numbers).to_bytes(8, "big")
+
+
 _context = threading.local()  # what the pickling (saving) or unpickling (fetch) of one value refers to
 
 
@@ -108,8 +159,8 @@ def _frozen(id: bytes) -> Frozen:
 
 
 def _save(table: str, key: bytes, value) -> tuple[bytes, dict]:
-    """``value`` pickled, and the Frozen blobs it refers to by id."""
-    frozen: dict[bytes, Frozen] = {}
+    """``value`` pickled, and the Frozen blobs and FrozenLists it refers to, by id."""
+    frozen: dict[bytes, Frozen | FrozenList] = {}
     _context.saving = ((table, key), frozen)
     try:
         raw = _dumps(value)
@@ -128,8 +179,9 @@ class Table:
         # the changes of checkpoints still being written, oldest first: the store's read
         # snapshot predates them
         self.committing: list[dict[bytes, Any]] = []
-        # key -> ids of the Frozen blobs its stored value refers to (as read or written)
-        self.refs: dict[bytes, Any] = {}
+        # key -> what its stored value refers to (as read or written): {Frozen id: None,
+        # FrozenList id: its length}
+        self.refs: dict[bytes, dict[bytes, int | None]] = {}
 
     def get(self, key: bytes, default=None):
         value = self.dirty.get(key, _MISSING)
@@ -317,33 +369,42 @@ class LmdbStore(Store):
             yield key, self._load(table, key, raw)
 
     def _load(self, table: str, key: bytes, raw: bytes):
-        """Unpickle a stored value, its Frozen blobs read back and remembered as its references."""
+        """Unpickle a stored value, its blobs read back and remembered as its references."""
         if raw[:1] != _REFERS:
             return pickle.loads(raw)
-        value, ids = self._unpickle(table, key, raw, fetch=True)
+        value, refs = self._unpickle(table, key, raw, fetch=True)
         holder = self.tables.get(table)
         if holder is not None and not holder.changed(key):  # else this read is older than what it holds
-            holder.refs[key] = ids
+            holder.refs[key] = refs
         return value
 
-    def _unpickle(self, table: str, key: bytes, raw: bytes, fetch: bool) -> tuple[Any, set]:
-        """A value that refers to Frozen blobs, and their ids (its blobs read back with ``fetch``)."""
-        ids = set()
+    def _unpickle(self, table: str, key: bytes, raw: bytes, fetch: bool) -> tuple[Any, dict]:
+        """A value that refers to blobs, and what it refers to as ``Table.refs`` holds it (its
+        blobs read back with ``fetch``)."""
+        refs: dict[bytes, int | None] = {}
         blobs, owner = self._dbs.get(_BLOBS), (table, key)
 
-        def load(id: bytes) -> Frozen:
-            ids.add(id)
-            data = self._rtxn.get(id, db=blobs) if fetch else b""
+        def blob(blob_key: bytes) -> bytes:
+            data = self._rtxn.get(blob_key, db=blobs) if fetch else b""
             if data is None:
                 raise RunnerError(f"the state at {self.path} is damaged: table {table}, key {key!r} refers to "
-                                  f"blob {id.hex()}, which is missing; reset it with 'runner state reset'")
-            return Frozen(data, id, owner)
+                                  f"blob {blob_key.hex()}, which is missing; reset it with 'runner state reset'")
+            return data
 
-        _context.fetch = load
+        def load(id: bytes) -> Frozen:
+            refs[id] = None
+            return Frozen(blob(id), id, owner)
+
+        def load_list(id: bytes, length: int) -> FrozenList:
+            refs[id] = length
+            chunks = [Frozen(blob(_chunk_key(id, i))) for i in range(length)] if fetch else ()
+            return FrozenList(chunks, id, owner)
+
+        _context.fetch, _context.fetch_list = load, load_list
         try:
-            return pickle.loads(memoryview(raw)[1:]), ids
+            return pickle.loads(memoryview(raw)[1:]), refs
         finally:
-            _context.fetch = None
+            _context.fetch = _context.fetch_list = None
 
     def meta(self, key, default=None):
         db = self._dbs.get(_META)
@@ -399,11 +460,23 @@ class LmdbStore(Store):
             raw = self._rtxn.get(key, db=db)
             if raw is not None and raw[:1] == _REFERS:
                 table.refs[key] = self._unpickle(table.name, key, raw, fetch=False)[1]
-        before = table.refs.pop(key, ())
-        if frozen:
-            table.refs[key] = set(frozen)
-        deletes += [id for id in before if id not in frozen]
-        puts += [(id, f.data) for id, f in frozen.items() if id not in before]
+        before = table.refs.pop(key, {})
+        now: dict[bytes, int | None] = {}
+        for id, held in frozen.items():
+            if held.__class__ is FrozenList:  # the chunks since its last checkpoint; fewer: the rest go
+                length, stored = len(held), before.get(id) or 0
+                puts += [(_chunk_key(id, i), held[i].data) for i in range(min(held.clean, stored), length)]
+                deletes += [_chunk_key(id, i) for i in range(length, stored)]
+                held.clean = now[id] = length
+            else:
+                now[id] = None
+                if id not in before:
+                    puts.append((id, held.data))
+        for id, length in before.items():
+            if id not in now:
+                deletes += [id] if length is None else [_chunk_key(id, i) for i in range(length)]
+        if now:
+            table.refs[key] = now
 
     def in_flight(self, wait=False):
         while self._writing and (wait or self._writer.ready()):

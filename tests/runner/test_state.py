@@ -3,6 +3,7 @@ committed, be written as it was at its checkpoint, and reach the disk in order. 
 blobs are written once, and deleted with the last value that held them. The writer is a
 process: its death fails the run, and it does not outlive its parent."""
 
+import pickle
 import shutil
 import signal
 import threading
@@ -10,6 +11,7 @@ import time
 
 import pytest
 
+from runner import state
 from runner.components import RunnerError
 from runner.helper import open_helper_pids
 from runner.state import MAX_IN_FLIGHT, Frozen, FrozenList, LmdbStore, take_lock
@@ -115,28 +117,104 @@ def test_a_frozen_blob_is_written_once_and_deleted_with_the_last_value_that_held
 
 
 
-def test_a_frozen_list_refers_to_its_blobs_as_each_frozen_would(tmp_path):
+def blob_writes(store) -> list:
+    """The (puts, deletes) of the blobs database in each checkpoint the store hands its writer."""
+    seen, write = [], store._writer.write
+
+    def recording(writes):
+        seen.extend((puts, deletes) for name, puts, deletes in writes if name == "blobs")
+        write(writes)
+
+    store._writer.write = recording
+    return seen
+
+
+def test_a_frozen_list_is_stored_chunk_by_chunk_and_a_checkpoint_writes_only_what_changed(tmp_path):
     store = LmdbStore(tmp_path)
     table = store.table("t")
     chunks = FrozenList(Frozen(bytes([n]) * 3000) for n in range(5))
     table.put(b"k", ["head", chunks])
     checkpoint(store)
     values, blobs = stored(store)
-    assert blobs == {f.id: f.data for f in chunks} and len(values[b"k"]) < 300
-    del chunks[1]
+    assert blobs == {chunks.id + n.to_bytes(4, "big"): bytes([n]) * 3000 for n in range(5)}
+    assert len(values[b"k"]) < 100
+    writes = blob_writes(store)
+    chunks.append(Frozen(b"\5" * 3000))
     table.put(b"k", ["head", chunks])
     checkpoint(store)
-    assert set(stored(store)[1]) == {f.id for f in chunks}
-    store.close()
-    store = LmdbStore(tmp_path)
-    head, back = store.table("t").get(b"k")
-    assert type(back) is FrozenList and [f.data for f in back] == [f.data for f in chunks]
-    store.table("t").put(b"empty", FrozenList())  # refers to nothing: stored as a plain value
+    assert writes == [([(chunks.id + (5).to_bytes(4, "big"), b"\5" * 3000)], [])]  # the new chunk alone
+    chunks.truncate(2)
+    chunks.append(Frozen(b"x" * 10))
+    table.put(b"k", ["head", chunks])
     checkpoint(store)
+    key = [chunks.id + n.to_bytes(4, "big") for n in range(6)]
+    assert writes[1] == ([(key[2], b"x" * 10)], key[3:])  # from the cut on
+    assert stored(store)[1] == {key[0]: b"\0" * 3000, key[1]: b"\1" * 3000, key[2]: b"x" * 10}
     store.close()
-    store = LmdbStore(tmp_path, readonly=True)
-    assert store.table("t").get(b"empty") == FrozenList() and not stored(store)[0][b"empty"].startswith(b"F")
+
+    store = LmdbStore(tmp_path)  # restarted: read back whole, and still written from where it is
+    table = store.table("t")
+    head, back = table.get(b"k")
+    assert type(back) is FrozenList and back == chunks and back.id == chunks.id
+    writes = blob_writes(store)
+    back.append(Frozen(b"y"))
+    table.put(b"k", [head, back])
+    checkpoint(store)
+    assert writes == [([(chunks.id + (3).to_bytes(4, "big"), b"y")], [])]
+    table.delete(b"k")
+    table.put(b"empty", FrozenList())  # refers to nothing: stored as a plain value
+    checkpoint(store)
+    values, blobs = stored(store)
+    assert blobs == {} and list(values) == [b"empty"] and not values[b"empty"].startswith(b"F")
+    assert table.get(b"empty") == FrozenList()
     store.close()
+
+
+def test_a_checkpoint_of_a_long_frozen_list_costs_what_changed_not_its_length(tmp_path):
+    store = LmdbStore(tmp_path)
+    table = store.table("t")
+    chunks = FrozenList(Frozen(b"c") for _ in range(20_000))
+    table.put(b"k", chunks)
+    checkpoint(store)
+    writes = blob_writes(store)
+    chunks.append(Frozen(b"d"))
+    table.put(b"k", chunks)
+    checkpoint(store)
+    values, _ = stored(store)
+    assert len(values[b"k"]) < 100 and writes == [([(chunks.id + (20_000).to_bytes(4, "big"), b"d")], [])]
+    store.close()
+
+
+class OldFrozenList:
+    """A FrozenList as runner-state/2 pickled it: the ids of a Frozen blob per chunk."""
+
+    def __init__(self, ids):
+        self.ids = ids
+
+    def __reduce__(self):
+        return (state._frozen_list, (self.ids,))
+
+
+def test_a_frozen_list_of_the_previous_format_reads_back_and_is_stored_anew(tmp_path):
+    store = LmdbStore(tmp_path)
+    old = [Frozen(b"a" * 100), Frozen(b"b" * 100)]
+    with store._env.begin(write=True) as txn:
+        blobs = store._env.open_db(b"blobs", txn=txn)
+        for f in old:
+            txn.put(f.id, f.data, db=blobs)
+        raw = b"F" + pickle.dumps(["head", OldFrozenList([f.id for f in old])], pickle.HIGHEST_PROTOCOL)
+        txn.put(b"k", raw, db=store._env.open_db(b"t:t", txn=txn))
+    store.close()
+
+    store = LmdbStore(tmp_path)
+    table = store.table("t")
+    head, chunks = table.get(b"k")
+    assert head == "head" and [f.data for f in chunks] == [b"a" * 100, b"b" * 100]
+    table.put(b"k", [head, chunks])
+    checkpoint(store)
+    assert stored(store)[1] == {chunks.id + n.to_bytes(4, "big"): f.data for n, f in enumerate(old)}
+    store.close()
+
 
 def test_a_frozen_blob_put_in_a_second_key_is_copied_there_and_outlives_its_owner(tmp_path):
     store = LmdbStore(tmp_path)
