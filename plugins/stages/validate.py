@@ -30,11 +30,19 @@ class Validate(Stage):
                    "description": "path of the JSON Schema events must match (default: the click event schema that ships with the runner)"},
     }, description="Sends events that do not match a JSON Schema to the DLQ; fills in defaults of absent or null fields.")
 
+    @classmethod
+    def lint(cls, config):
+        try:
+            compile_schema(load_schema(config.get("schema") or DEFAULT_SCHEMA))
+        except SchemaFileError as exc:
+            return [(("schema",), str(exc))]
+        except ValueError as exc:  # jsonschema-rs: the file is JSON but not a JSON Schema
+            return [(("schema",), f"{config['schema']} is not a JSON Schema: {str(exc).splitlines()[0]}")]
+        return []
+
     def __init__(self, config, context):
         super().__init__(config, context)
-        path = config.get("schema") or DEFAULT_SCHEMA
-        with open(path, encoding="utf-8") as f:
-            self.schema = json.load(f)
+        self.schema = load_schema(config.get("schema") or DEFAULT_SCHEMA)
         props = self.schema.get("properties", {})
         self.fields = {name: i for i, name in enumerate(props)}
         self.required = set(self.schema.get("required", ()))
@@ -49,6 +57,22 @@ class Validate(Stage):
 
     def dump(self, table):
         return {"invalid": table.get(b"invalid", 0)}
+
+
+class SchemaFileError(ValueError):
+    """A schema file that cannot be read as JSON; the message says why."""
+
+
+def load_schema(path) -> dict:
+    """The JSON of the schema file at ``path`` (relative paths from the current directory)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as exc:
+        where = "" if Path(path).is_absolute() else f" (a relative path is taken from the current directory, {Path.cwd()})"
+        raise SchemaFileError(f"cannot read {path}: {exc.strerror}{where}") from None
+    except ValueError as exc:
+        raise SchemaFileError(f"{path} is not JSON: {exc}") from None
 
 
 def compile_schema(schema: dict):

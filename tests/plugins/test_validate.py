@@ -5,17 +5,20 @@ import json
 from pathlib import Path
 
 import jsonschema
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plugins.clickstream import BAD_KINDS, ClickGenerator, bad_record
 from plugins.stages.validate import CONSTRAINT, MISSING, WRONG_TYPE, Validate, compile_schema
+from runner import config
 from runner.codec import DecodeError, decode
-from runner.components import Context
+from runner.components import ConfigError, Context
 from runner.outputs import Emitter
 from runner.state import MemoryStore
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "click_event.schema.json").read_text())
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = json.loads((ROOT / "schemas" / "click_event.schema.json").read_text())
 FAST = compile_schema(SCHEMA)
 FULL = jsonschema.Draft7Validator(SCHEMA)
 
@@ -100,3 +103,18 @@ def test_messages_name_the_rule_and_the_field():
         value = {**base, **change}
         problems = list(PROCESSOR._schema_problems(value))
         assert min(problems, key=lambda p: (p[0], PROCESSOR.stage.fields[p[1]]))[2] == message
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "cannot read click.schema.json: No such file or directory (a relative path is taken from the "
+           "current directory, {cwd})"),
+    ("nope", "click.schema.json is not JSON: Expecting value"),
+    ('{"type": 5}', "click.schema.json is not a JSON Schema: 5 is not valid under any of the schemas"),
+])
+def test_a_schema_file_that_cannot_serve_is_a_config_error_naming_it(tmp_path, monkeypatch, content, message):
+    monkeypatch.chdir(tmp_path)
+    if content is not None:
+        (tmp_path / "click.schema.json").write_text(content)
+    with pytest.raises(ConfigError) as info:
+        config.load(str(ROOT / "pipelines" / "fault_tolerant.yaml"), ["stages.0.schema=click.schema.json"])
+    assert any(f"stages[0].schema: {message.format(cwd=tmp_path)}" in line for line in info.value.lines)
