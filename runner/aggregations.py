@@ -152,6 +152,39 @@ class Max(Min):
         return b if a is None else a if b is None else max(a, b)
 
 
+class Distinct:
+    """The values a count_distinct has seen. A checkpoint writes the ones seen since the last
+    (a window's distinct users can be many, and it is written at every checkpoint that
+    changed it): they go in ``Frozen`` chunks of ``CHUNK`` in a ``FrozenList``, and a tail,
+    the only part written again; ``seen`` is rebuilt from them when read."""
+
+    CHUNK = 64
+    __slots__ = ("seen", "frozen", "tail")
+
+    def __init__(self, frozen: FrozenList | None = None, tail=()):
+        self.frozen = FrozenList() if frozen is None else frozen
+        self.tail = list(tail)
+        self.seen = {value for chunk in self.frozen for value in pickle.loads(chunk.data)}
+        self.seen.update(self.tail)
+
+    def add(self, value) -> None:
+        if value not in self.seen:
+            self.seen.add(value)
+            self.tail.append(value)
+            if len(self.tail) == self.CHUNK:
+                self.frozen.append(Frozen(pickle.dumps(self.tail, pickle.HIGHEST_PROTOCOL)))
+                self.tail = []
+
+    def __len__(self) -> int:
+        return len(self.seen)
+
+    def __iter__(self):
+        return iter(self.seen)
+
+    def __reduce__(self):
+        return (Distinct, (self.frozen, self.tail))
+
+
 class CountDistinct(Aggregation):
     EXTRACT = ("{v} = get({f})\n"
                "if {v} is None: {v} = SKIP\n"
@@ -159,10 +192,14 @@ class CountDistinct(Aggregation):
     ADD = "if {v} is not SKIP: accs[{i}].add({v})"
 
     def new(self):
-        return set()
+        return Distinct()
 
     def merge(self, a, b):
-        return a | b
+        """``a`` and ``b`` are Distinct (or sets, as runner-state/2 stored them)."""
+        merged = Distinct()
+        for value in (*a, *b):
+            merged.add(value)
+        return merged
 
     def result(self, acc):
         return len(acc)

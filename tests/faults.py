@@ -316,6 +316,18 @@ def stored(state_path: str | os.PathLike) -> dict:
 
 
 # --- outputs ----------------------------------------------------------------------------------
+def record_writes(store: LmdbStore) -> list:
+    """From now on, each checkpoint ``store`` hands its writer, as [(database, puts, deletes), ...]."""
+    seen, write = [], store._writer.write
+
+    def recording(writes):
+        seen.append(writes)
+        write(writes)
+
+    store._writer.write = recording
+    return seen
+
+
 def jsonl_records(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.exists():

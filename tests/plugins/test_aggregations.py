@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from runner.aggregations import Aggregations, Collect
 from runner.components import ProcessingError
+from runner.state import LmdbStore
 from runner.testing import Driver
-from tests import reference
+from tests import faults, reference
 
 T0 = 1795507200000  # 2026-11-24T08:00:00Z
 
@@ -159,6 +160,31 @@ def test_an_insert_out_of_order_keeps_the_frozen_chunks_before_its_place():
     aggs.add(accs, aggs.extract({"x": 1}), order(1))  # into the first: all after it change
     assert not {c.id for c in accs[0][2]} & {c.id for c in chunks}
     assert aggs.results(accs) == {"c": sorted([*range(0, 2 * n, 2), 2 * n - 3, 1])}
+
+def test_a_checkpoint_writes_the_values_a_count_distinct_saw_since_the_last_not_all_it_saw(tmp_path):
+    aggs = Aggregations({"users": {"count_distinct": "u"}})
+    store = LmdbStore(tmp_path)
+    table = store.table("w")
+    accs = aggs.new()
+    for i in range(20_000):
+        aggs.add(accs, aggs.extract({"u": f"user-{i}"}), None)
+    table.put(b"w", accs)
+    store.commit({}, [], [])
+    writes = faults.record_writes(store)
+    for value in ("user-7", "user-new"):  # one seen before, one not
+        aggs.add(accs, aggs.extract({"u": value}), None)
+        table.put(b"w", accs)
+        store.commit({}, [], [])
+    sizes = [sum(len(raw) for name, puts, _ in checkpoint for _, raw in puts) for checkpoint in writes]
+    assert aggs.results(accs) == {"users": 20_001} and len(sizes) == 2 and max(sizes) < 2_000  # all: ~300 KB
+    store.close()
+    store = LmdbStore(tmp_path)
+    accs = store.table("w").get(b"w")
+    assert aggs.results(accs) == {"users": 20_001}
+    aggs.add(accs, aggs.extract({"u": "user-new"}), None)
+    assert aggs.results(aggs.merge(accs, [{"user-0", "old"}])) == {"users": 20_002}  # as /2 stored it
+    store.close()
+
 
 def test_first_and_last_are_in_event_order_and_skip_nulls():
     spec = {"f": {"first": "x"}, "l": {"last": "x"}}

@@ -117,16 +117,9 @@ def test_a_frozen_blob_is_written_once_and_deleted_with_the_last_value_that_held
 
 
 
-def blob_writes(store) -> list:
-    """The (puts, deletes) of the blobs database in each checkpoint the store hands its writer."""
-    seen, write = [], store._writer.write
-
-    def recording(writes):
-        seen.extend((puts, deletes) for name, puts, deletes in writes if name == "blobs")
-        write(writes)
-
-    store._writer.write = recording
-    return seen
+def blob_writes(checkpoints: list) -> list:
+    """The (puts, deletes) of the blobs database in each of ``faults.record_writes``' checkpoints."""
+    return [(puts, deletes) for writes in checkpoints for name, puts, deletes in writes if name == "blobs"]
 
 
 def test_a_frozen_list_is_stored_chunk_by_chunk_and_a_checkpoint_writes_only_what_changed(tmp_path):
@@ -138,17 +131,17 @@ def test_a_frozen_list_is_stored_chunk_by_chunk_and_a_checkpoint_writes_only_wha
     values, blobs = stored(store)
     assert blobs == {chunks.id + n.to_bytes(4, "big"): bytes([n]) * 3000 for n in range(5)}
     assert len(values[b"k"]) < 100
-    writes = blob_writes(store)
+    writes = faults.record_writes(store)
     chunks.append(Frozen(b"\5" * 3000))
     table.put(b"k", ["head", chunks])
     checkpoint(store)
-    assert writes == [([(chunks.id + (5).to_bytes(4, "big"), b"\5" * 3000)], [])]  # the new chunk alone
+    assert blob_writes(writes) == [([(chunks.id + (5).to_bytes(4, "big"), b"\5" * 3000)], [])]  # the new chunk alone
     chunks.truncate(2)
     chunks.append(Frozen(b"x" * 10))
     table.put(b"k", ["head", chunks])
     checkpoint(store)
     key = [chunks.id + n.to_bytes(4, "big") for n in range(6)]
-    assert writes[1] == ([(key[2], b"x" * 10)], key[3:])  # from the cut on
+    assert blob_writes(writes)[1] == ([(key[2], b"x" * 10)], key[3:])  # from the cut on
     assert stored(store)[1] == {key[0]: b"\0" * 3000, key[1]: b"\1" * 3000, key[2]: b"x" * 10}
     store.close()
 
@@ -156,11 +149,11 @@ def test_a_frozen_list_is_stored_chunk_by_chunk_and_a_checkpoint_writes_only_wha
     table = store.table("t")
     head, back = table.get(b"k")
     assert type(back) is FrozenList and back == chunks and back.id == chunks.id
-    writes = blob_writes(store)
+    writes = faults.record_writes(store)
     back.append(Frozen(b"y"))
     table.put(b"k", [head, back])
     checkpoint(store)
-    assert writes == [([(chunks.id + (3).to_bytes(4, "big"), b"y")], [])]
+    assert blob_writes(writes) == [([(chunks.id + (3).to_bytes(4, "big"), b"y")], [])]
     table.delete(b"k")
     table.put(b"empty", FrozenList())  # refers to nothing: stored as a plain value
     checkpoint(store)
@@ -176,12 +169,12 @@ def test_a_checkpoint_of_a_long_frozen_list_costs_what_changed_not_its_length(tm
     chunks = FrozenList(Frozen(b"c") for _ in range(20_000))
     table.put(b"k", chunks)
     checkpoint(store)
-    writes = blob_writes(store)
+    writes = faults.record_writes(store)
     chunks.append(Frozen(b"d"))
     table.put(b"k", chunks)
     checkpoint(store)
     values, _ = stored(store)
-    assert len(values[b"k"]) < 100 and writes == [([(chunks.id + (20_000).to_bytes(4, "big"), b"d")], [])]
+    assert len(values[b"k"]) < 100 and blob_writes(writes) == [([(chunks.id + (20_000).to_bytes(4, "big"), b"d")], [])]
     store.close()
 
 
