@@ -152,20 +152,32 @@ class Max(Min):
         return b if a is None else a if b is None else max(a, b)
 
 
+# A count_distinct's set or a count_by's or top's map is pickled whole at every checkpoint
+# that changed it while it holds at most SMALL values; beyond, it becomes a Distinct or a
+# Counts, which a checkpoint writes only the changes of (a window's distinct users or pages
+# can be many, and at 100 events a checkpoint the whole of them would be written each time).
+SMALL = 1024
+
+
 class Distinct:
-    """The values a count_distinct has seen. A checkpoint writes the ones seen since the last
-    (a window's distinct users can be many, and it is written at every checkpoint that
-    changed it): they go in ``Frozen`` chunks of ``CHUNK`` in a ``FrozenList``, and a tail,
-    the only part written again; ``seen`` is rebuilt from them when read."""
+    """A count_distinct's values once they are many: they go in ``Frozen`` chunks of ``CHUNK``
+    in a ``FrozenList`` as they are first seen, and a tail, the only part written again;
+    ``seen`` is rebuilt from them when read."""
 
     CHUNK = 64
     __slots__ = ("seen", "frozen", "tail")
 
-    def __init__(self, frozen: FrozenList | None = None, tail=()):
-        self.frozen = FrozenList() if frozen is None else frozen
-        self.tail = list(tail)
-        self.seen = {value for chunk in self.frozen for value in pickle.loads(chunk.data)}
-        self.seen.update(self.tail)
+    def __init__(self, frozen: FrozenList, tail: list):
+        self.frozen, self.tail = frozen, tail
+        self.seen = {value for chunk in frozen for value in pickle.loads(chunk.data)}
+        self.seen.update(tail)
+
+    @classmethod
+    def of(cls, values) -> "Distinct":
+        distinct = cls(FrozenList(), [])
+        for value in values:
+            distinct.add(value)
+        return distinct
 
     def add(self, value) -> None:
         if value not in self.seen:
@@ -185,28 +197,70 @@ class Distinct:
         return (Distinct, (self.frozen, self.tail))
 
 
+class Counts(dict):
+    """A count_by's or top's counts once they are many: each checkpoint appends the counts
+    changed since the last one to a log of ``Frozen`` chunks (a ``FrozenList``), and the log
+    is written anew from the counts once it holds twice as many entries as they do, so a
+    change costs a constant share of writing. Read back, the log is replayed in order."""
+
+    CHUNK = 256
+    __slots__ = ("changed", "log", "logged")
+
+    def __init__(self, counts=(), log: FrozenList | None = None, logged: int = 0):
+        super().__init__(counts)
+        self.changed = set(self)  # not in the log yet
+        self.log = FrozenList() if log is None else log
+        self.logged = logged  # entries in the log
+
+    def __setitem__(self, value, count) -> None:
+        dict.__setitem__(self, value, count)
+        self.changed.add(value)
+
+    def __reduce__(self):
+        """Pickled by a checkpoint: the changes join the log (or the log is written anew)."""
+        if self.changed:
+            if self.logged + len(self.changed) > 2 * len(self):
+                self.log.truncate(0)
+                self.logged, entries = 0, list(self.items())
+            else:
+                entries = [(value, self[value]) for value in self.changed]
+            for i in range(0, len(entries), self.CHUNK):
+                self.log.append(Frozen(pickle.dumps(entries[i:i + self.CHUNK], pickle.HIGHEST_PROTOCOL)))
+            self.logged += len(entries)
+            self.changed = set()
+        return (_replay, (self.log, self.logged))
+
+
+def _replay(log: FrozenList, logged: int) -> Counts:
+    counts = Counts((), log, logged)
+    for chunk in log:
+        dict.update(counts, pickle.loads(chunk.data))  # not __setitem__: these are in the log
+    return counts
+
+
 class CountDistinct(Aggregation):
     EXTRACT = ("{v} = get({f})\n"
                "if {v} is None: {v} = SKIP\n"
                "elif {v}.__class__ is not str: {v} = scalar({f}, {v})")
-    ADD = "if {v} is not SKIP: accs[{i}].add({v})"
+    ADD = ("if {v} is not SKIP:\n"
+           "    s = accs[{i}]; s.add({v})\n"
+           "    if s.__class__ is set and len(s) > SMALL: accs[{i}] = Distinct.of(s)")
 
     def new(self):
-        return Distinct()
+        return set()
 
     def merge(self, a, b):
-        """``a`` and ``b`` are Distinct (or sets, as runner-state/2 stored them)."""
-        merged = Distinct()
-        for value in (*a, *b):
-            merged.add(value)
-        return merged
+        merged = set(a) | set(b)
+        return Distinct.of(merged) if len(merged) > SMALL else merged
 
     def result(self, acc):
         return len(acc)
 
 
 class CountBy(CountDistinct):
-    ADD = "if {v} is not SKIP: d = accs[{i}]; d[{v}] = d.get({v}, 0) + 1"
+    ADD = ("if {v} is not SKIP:\n"
+           "    d = accs[{i}]; d[{v}] = d.get({v}, 0) + 1\n"
+           "    if d.__class__ is dict and len(d) > SMALL: accs[{i}] = Counts(d)")
 
     def new(self):
         return {}
@@ -215,7 +269,7 @@ class CountBy(CountDistinct):
         merged = dict(a)
         for value, count in b.items():
             merged[value] = merged.get(value, 0) + count
-        return merged
+        return Counts(merged) if len(merged) > SMALL else merged
 
     def result(self, acc):
         # "1" and 1 are two values with one key text: their counts add up
@@ -413,7 +467,8 @@ class Aggregations:
         unpack = f"    {', '.join(names)}, = values"
         add = ["def add(accs, values, order):", unpack]
         check = ["def check(accs, values):", unpack, "    pass"]
-        namespace = {"SKIP": SKIP, "INF": INF, "number": _not_a_number, "scalar": _scalar, "overflow": _overflow}
+        namespace = {"SKIP": SKIP, "INF": INF, "number": _not_a_number, "scalar": _scalar, "overflow": _overflow,
+                     "SMALL": SMALL, "Distinct": Distinct, "Counts": Counts}
         for i, agg in enumerate(self.items):
             fields = {"v": names[i], "f": repr(agg.field), "i": i}
             extract += ["    " + line for line in agg.EXTRACT.format(**fields).splitlines()]

@@ -186,6 +186,41 @@ def test_a_checkpoint_writes_the_values_a_count_distinct_saw_since_the_last_not_
     store.close()
 
 
+def test_a_checkpoint_writes_the_counts_a_count_by_changed_and_its_log_stays_within_twice_the_counts(tmp_path):
+    aggs = Aggregations({"pages": {"count_by": "p"}, "trending": {"top": "p", "n": 2}})
+    store = LmdbStore(tmp_path)
+    table = store.table("w")
+    accs, expected = aggs.new(), {}
+    rng = random.Random(5)
+
+    def add(page: str) -> None:
+        aggs.add(accs, aggs.extract({"p": page}), None)
+        expected[page] = expected.get(page, 0) + 1
+
+    for i in range(5_000):
+        add(f"/p/{i}")
+    table.put(b"w", accs)
+    store.commit({}, [], [])
+    writes = faults.record_writes(store)
+    for _ in range(60):  # a few pages change between checkpoints
+        for _ in range(50):
+            add(f"/p/{rng.randrange(100)}")
+        table.put(b"w", accs)
+        store.commit({}, [], [])
+    sizes = [sum(len(raw) for name, puts, _ in checkpoint for _, raw in puts) for checkpoint in writes]
+    assert sorted(sizes)[len(sizes) // 2] < 4_000  # the whole map: ~60 KB
+    assert all(acc.logged <= 2 * len(acc) for acc in accs)
+    assert aggs.results(accs)["pages"] == expected
+    store.close()
+    store = LmdbStore(tmp_path)
+    back = store.table("w").get(b"w")
+    ranked = sorted(expected.items(), key=lambda item: (-item[1], item[0]))
+    assert aggs.results(back) == {"pages": expected, "trending": [list(item) for item in ranked[:2]]}
+    small = aggs.merge(aggs.new(), [{"/a": 1}, {"/a": 2}])  # as runner-state/2 stored them
+    assert aggs.results(aggs.merge(back, small))["pages"]["/a"] == 1
+    store.close()
+
+
 def test_first_and_last_are_in_event_order_and_skip_nulls():
     spec = {"f": {"first": "x"}, "l": {"last": "x"}}
     events = values([None, "a", [1, 2], ABSENT, 0, None])
