@@ -110,16 +110,10 @@ def percentile(values, p: float) -> float | None:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
-def latency_ms(values) -> dict:
-    """p50, p99 and max of latencies in ms (None each when empty), and how many."""
-    return {"measured": len(values), "p50_ms": percentile(values, 50), "p99_ms": percentile(values, 99),
-            "max_ms": max(values) if values else None}
-
-
 def summary_ms(values) -> dict:
-    """median, p99 and max of a list of milliseconds (None each when empty)."""
-    return {"count": len(values), "median": percentile(values, 50), "p99": percentile(values, 99),
-            "max": max(values) if values else None}
+    """How many milliseconds, and their p50 (the median), p99 and max (None each when empty)."""
+    return {"count": len(values), "p50_ms": percentile(values, 50), "p99_ms": percentile(values, 99),
+            "max_ms": max(values) if values else None}
 
 
 def reset_peak_rss() -> bool:

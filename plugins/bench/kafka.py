@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from plugins import broker
 from plugins import kafka_common as kc
-from plugins.bench.common import Progress, latency_ms, say, stop_if_interrupted
+from plugins.bench.common import Progress, say, stop_if_interrupted, summary_ms
 from plugins.clickstream import DEFAULT_START_MS, ClickGenerator
 from runner.components import RunnerError
 
@@ -274,4 +274,4 @@ def latency_floor(bootstrap: str, topic: str, partitions: int, rate: float, seco
         consumer.close(autocommit=False)
         producer.close()
     return {"rate": rate, "seconds": seconds, "warmup_seconds": warmup, "sent": sent["sent"],
-            **latency_ms(latencies), "warmup": latency_ms(warmups)}
+            **summary_ms(latencies), "warmup": summary_ms(warmups)}

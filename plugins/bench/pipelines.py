@@ -14,8 +14,7 @@ import yaml
 
 from plugins.bench import kafka as bk
 from plugins.bench.common import (INTERRUPTED, HelperMemory, Interrupted, LatencyObserver, Observer, QuietLog,
-                                  ThreadTime, latency_ms, peak_rss_mib, reset_peak_rss, say, stop_if_interrupted,
-                                  summary_ms)
+                                  ThreadTime, peak_rss_mib, reset_peak_rss, say, stop_if_interrupted, summary_ms)
 from runner import config
 from runner.components import RunnerError
 from runner.dump import dump_state
@@ -135,8 +134,8 @@ def throughput(pipeline, events: int, ceiling_eps: float) -> dict:
         "state": state_figures(pipeline, runner),
     }
     say(f"{name}: {eps:,.0f} events/s ({result['ratio_to_ceiling']:.2f}x the ceiling), "
-        f"checkpoint median {result['checkpoint_ms']['median']:.3f} ms "
-        f"(written and synced beside it in {result['checkpoint_write_ms']['median']:.3f} ms)")
+        f"checkpoint median {result['checkpoint_ms']['p50_ms']:.3f} ms "
+        f"(written and synced beside it in {result['checkpoint_write_ms']['p50_ms']:.3f} ms)")
     return result
 
 
@@ -228,11 +227,11 @@ def latency(pipeline, cluster: bk.Cluster, topic: str, rate: float, seconds: flo
         "pipeline": name, "rate": rate, "seconds": seconds, "warmup_seconds": warmup, "sent": sent["sent"],
         "achieved_rate": sent["sent"] / sent["send_seconds"] if sent["send_seconds"] else None,
         "checkpoints": len(observer.commit_ms), "producer_linger_ms": producer.LINGER_MS,
-        **latency_ms(observer.latencies),
-        "in_runner": latency_ms(observer.in_runner), "fetched_to_polled": latency_ms(observer.fetched_to_polled),
-        "warmup": latency_ms(observer.warmup),
+        **summary_ms(observer.latencies),
+        "in_runner": summary_ms(observer.in_runner), "fetched_to_polled": summary_ms(observer.fetched_to_polled),
+        "warmup": summary_ms(observer.warmup),
     }
-    unmeasured = result["sent"] - result["measured"] - result["warmup"]["measured"]
+    unmeasured = result["sent"] - result["count"] - result["warmup"]["count"]
     say(f"latency: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, max {result['max_ms']:.1f} ms; "
         f"in the runner p50 {result['in_runner']['p50_ms']:.1f} ms, p99 {result['in_runner']['p99_ms']:.1f} ms"
         + (f"; {unmeasured} records not through a checkpoint {wait_s:g} s after the last send" if unmeasured else ""))

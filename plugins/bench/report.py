@@ -39,8 +39,8 @@ def targets(results: dict) -> list[dict]:
         if goal is not None:
             rows.append({"figure": f"{p['name']}.ratio_to_ceiling", "value": p["ratio_to_ceiling"],
                          "target": f">= {goal}x", "met": p["ratio_to_ceiling"] >= goal})
-        median = p["checkpoint_ms"]["median"]
-        rows.append({"figure": f"{p['name']}.checkpoint_ms.median", "value": median,
+        median = p["checkpoint_ms"]["p50_ms"]
+        rows.append({"figure": f"{p['name']}.checkpoint_ms.p50_ms", "value": median,
                      "target": f"< {CHECKPOINT_MEDIAN_MS:g} ms", "met": median is not None and median < CHECKPOINT_MEDIAN_MS})
     lat = results.get("latency")
     if lat:
@@ -78,9 +78,9 @@ def table(results: dict) -> str:
         add(f"{n}: events processed, wall time", f"{p['events']:,} in {p['seconds']:.2f} s")
         add(f"{n}: time to first event", f"{p['first_event_s'] * 1000:.0f} ms")
         cp, wr = p["checkpoint_ms"], p["checkpoint_write_ms"]
-        add(f"{n}: checkpoint median / p99 ({cp['count']}), processing", f"{cp['median']:.3f} / {cp['p99']:.3f} ms",
-            f"{n}.checkpoint_ms.median")
-        add(f"{n}: its transaction written + synced (writer process)", f"{wr['median']:.3f} / {wr['p99']:.3f} ms")
+        add(f"{n}: checkpoint median / p99 ({cp['count']}), processing", f"{cp['p50_ms']:.3f} / {cp['p99_ms']:.3f} ms",
+            f"{n}.checkpoint_ms.p50_ms")
+        add(f"{n}: its transaction written + synced (writer process)", f"{wr['p50_ms']:.3f} / {wr['p99_ms']:.3f} ms")
         thread = p["main_thread"]
         if thread and p["main_thread_cpu_us_per_event"] is not None:
             add(f"{n}: the runner's thread on a core / waiting for a core / waiting (pipes, disk)",
@@ -103,7 +103,7 @@ def table(results: dict) -> str:
         add("latency: of which between the source's fetch and the runner's poll", _latencies(lat["fetched_to_polled"]))
         add(f"latency: the {lat['warmup_seconds']:g} s warm-up (the runner starting)", _latencies(lat["warmup"]))
         add("latency: records measured (+ warm-up), rate achieved",
-            f"{lat['measured']:,} (+ {lat['warmup']['measured']:,}) of {lat['sent']:,}, "
+            f"{lat['count']:,} (+ {lat['warmup']['count']:,}) of {lat['sent']:,}, "
             f"{lat['achieved_rate'] or 0:,.0f}/s")
     low = results.get("latency_floor")
     if low:
@@ -130,7 +130,7 @@ def table(results: dict) -> str:
 
 
 def _latencies(figures: dict) -> str:
-    if not figures["measured"]:
+    if not figures["count"]:
         return "none measured"
     return f"{figures['p50_ms']:.1f} / {figures['p99_ms']:.1f} / {figures['max_ms']:.1f} ms"
 

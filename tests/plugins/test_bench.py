@@ -56,7 +56,7 @@ def test_quick_bench_reports_every_figure(broker, tmp_path, capsys):
         cp = p["checkpoint_ms"]
         assert cp["count"] == p["checkpoints"] >= n // 100
         positive(p["seconds"], p["events_per_s"], p["ratio_to_ceiling"], p["first_event_s"],
-                 p["after_first_event_events_per_s"], cp["median"], cp["p99"], cp["max"], p["peak_rss_mib"],
+                 p["after_first_event_events_per_s"], cp["p50_ms"], cp["p99_ms"], cp["max_ms"], p["peak_rss_mib"],
                  p["state"]["open_total"])
         # the runner's thread: its time on a core and in the run queue fit in its wall time
         thread = p["main_thread"]
@@ -76,22 +76,22 @@ def test_quick_bench_reports_every_figure(broker, tmp_path, capsys):
     latency = figures["latency"]
     assert latency["pipeline"] == "fault_tolerant" and latency["warmup_seconds"] == QUICK["warmup_seconds"]
     # every record is measured once: in the warm-up (stamped in its first 0.5 s) or after it
-    assert latency["sent"] == latency["measured"] + latency["warmup"]["measured"] == sent
-    assert latency["in_runner"]["measured"] == latency["measured"] > sent // 2
+    assert latency["sent"] == latency["count"] + latency["warmup"]["count"] == sent
+    assert latency["in_runner"]["count"] == latency["count"] > sent // 2
     positive(latency["checkpoints"], latency["achieved_rate"], latency["p50_ms"], latency["p99_ms"], latency["max_ms"],
-             latency["warmup"]["measured"], latency["in_runner"]["p50_ms"])
+             latency["warmup"]["count"], latency["in_runner"]["p50_ms"])
     # the runner's part is part of the whole, record by record
     assert latency["in_runner"]["max_ms"] <= latency["max_ms"]
     # the Kafka source says when its reader fetched each record: the wait before the runner's
     # poll, which is part of the whole too
     waited = latency["fetched_to_polled"]
-    assert waited["measured"] == latency["measured"]
+    assert waited["count"] == latency["count"]
     assert 0 <= waited["p50_ms"] <= waited["max_ms"] <= latency["max_ms"]
 
     floor = figures["latency_floor"]
-    assert floor["sent"] == floor["measured"] + floor["warmup"]["measured"] == sent
-    assert floor["measured"] > sent // 2
-    positive(floor["p50_ms"], floor["p99_ms"], floor["max_ms"], floor["warmup"]["measured"])
+    assert floor["sent"] == floor["count"] + floor["warmup"]["count"] == sent
+    assert floor["count"] > sent // 2
+    positive(floor["p50_ms"], floor["p99_ms"], floor["max_ms"], floor["warmup"]["count"])
 
     recovery = figures["recovery"]
     assert recovery["keys"] == QUICK["recovery_keys"] and recovery["processed"] == EXTRA
@@ -104,8 +104,8 @@ def test_quick_bench_reports_every_figure(broker, tmp_path, capsys):
     positive(machine["cores"], machine["memory_bytes"])
     assert machine["python"] and all(machine["packages"].values())
     assert {t["figure"] for t in figures["targets"]} == {
-        "basic.ratio_to_ceiling", "basic.checkpoint_ms.median", "fault_tolerant.ratio_to_ceiling",
-        "fault_tolerant.checkpoint_ms.median", "latency.p99_ms", "recovery.first_event_s"}
+        "basic.ratio_to_ceiling", "basic.checkpoint_ms.p50_ms", "fault_tolerant.ratio_to_ceiling",
+        "fault_tolerant.checkpoint_ms.p50_ms", "latency.p99_ms", "recovery.first_event_s"}
 
     for label in ("ceiling", "basic: throughput", "basic: the ratios of its 2 runs",
                   "fault_tolerant: the runner's thread on a core", "fault_tolerant: checkpoint median",
