@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import resource
 import sys
 import threading
@@ -163,19 +164,29 @@ def _schedstat() -> tuple[int, int] | None:
         return None
 
 
-class HelperMemory:
-    """The peak of the summed RSS of this process's open helper processes (``runner.helper``:
-    the state writer, the Kafka reader and producers), sampled every ``EVERY_S`` (Linux; 0
-    elsewhere)."""
+class Helpers:
+    """What this process's open helper processes (``runner.helper``: the state writer, the
+    Kafka reader and producers) use, sampled every ``EVERY_S`` (Linux; nothing elsewhere):
+    ``peak_mib``, the peak of their summed RSS, and ``cpu_s``, the CPU seconds of each helper
+    module (its processes summed), as last sampled: a helper's last ``EVERY_S`` before it
+    ends can be missed."""
 
     EVERY_S = 0.2
 
     def __init__(self):
         self.peak_mib = 0.0
+        self._cpu: dict[int, tuple[str, float]] = {}  # pid -> (module, CPU seconds so far)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, name="bench-helper-rss", daemon=True)
+        self._thread = threading.Thread(target=self._sample, name="bench-helpers", daemon=True)
 
-    def __enter__(self) -> "HelperMemory":
+    @property
+    def cpu_s(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for module, seconds in self._cpu.values():
+            totals[module] = totals.get(module, 0.0) + seconds
+        return totals
+
+    def __enter__(self) -> "Helpers":
         self._thread.start()
         return self
 
@@ -184,14 +195,20 @@ class HelperMemory:
         self._thread.join()
 
     def _sample(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
         while not self._stop.wait(self.EVERY_S):
             total = 0
             for pid in open_helper_pids():
                 try:
                     with open(f"/proc/{pid}/status") as f:
                         total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
-                except (OSError, StopIteration, ValueError):
+                    with open(f"/proc/{pid}/stat") as f:  # utime and stime follow the command's ")"
+                        utime, stime = f.read().rpartition(")")[2].split()[11:13]
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:  # python -m MODULE ...
+                        module = f.read().split(b"\0")[2].decode()
+                except (OSError, StopIteration, ValueError, IndexError):
                     continue  # gone meanwhile
+                self._cpu[pid] = (module, (int(utime) + int(stime)) / tick)
             self.peak_mib = max(self.peak_mib, total / 1024)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from plugins.bench import kafka as bk
-from plugins.bench.common import (INTERRUPTED, HelperMemory, Interrupted, LatencyObserver, Observer, QuietLog,
+from plugins.bench.common import (INTERRUPTED, Helpers, Interrupted, LatencyObserver, Observer, QuietLog,
                                   ThreadTime, peak_rss_mib, reset_peak_rss, say, stop_if_interrupted, summary_ms)
 from runner import config
 from runner.components import RunnerError
@@ -109,7 +109,7 @@ def throughput(pipeline, events: int, ceiling_eps: float) -> dict:
     gc.collect()
     run_scoped = reset_peak_rss()
     started = time.perf_counter()
-    with HelperMemory() as helpers, ThreadTime() as main_thread:
+    with Helpers() as helpers, ThreadTime() as main_thread:
         _run(runner, log)
     seconds = time.perf_counter() - started
     rss = peak_rss_mib()
@@ -127,6 +127,8 @@ def throughput(pipeline, events: int, ceiling_eps: float) -> dict:
         "checkpoint_write_ms": summary_ms(observer.write_ms),
         "peak_rss_mib": rss, "peak_rss_scope": "this run" if run_scoped else "the process so far",
         "helpers_peak_rss_mib": helpers.peak_mib,
+        "helpers_cpu_us_per_event": {module: seconds / runner.processed * 1e6
+                                     for module, seconds in sorted(helpers.cpu_s.items())} if runner.processed else {},
         # the runner's thread: is it computing, or kept from a core, or waiting for its helpers?
         "main_thread": main_thread.figures,
         "main_thread_cpu_us_per_event": (main_thread.figures["on_cpu_s"] / runner.processed * 1e6

@@ -86,6 +86,9 @@ def table(results: dict) -> str:
             add(f"{n}: the runner's thread on a core / waiting for a core / waiting (pipes, disk)",
                 " / ".join(f"{thread[k] / thread['wall_s']:.0%}" for k in ("on_cpu_s", "run_queue_s", "waiting_s"))
                 + f" of {thread['wall_s']:.2f} s; {p['main_thread_cpu_us_per_event']:.1f} us of CPU an event")
+        if p["helpers_cpu_us_per_event"]:
+            add(f"{n}: CPU an event in its helper processes",
+                ", ".join(f"{module.rpartition('.')[2]} {us:.1f} us" for module, us in p["helpers_cpu_us_per_event"].items()))
         add(f"{n}: peak RSS ({p['peak_rss_scope']}), runner + its helper processes",
             f"{p['peak_rss_mib']:.0f} + {p['helpers_peak_rss_mib']:.0f} MiB")
         st = p["state"]

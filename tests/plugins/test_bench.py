@@ -16,10 +16,11 @@ from pathlib import Path
 
 from plugins import broker as embedded
 from plugins.bench import QUICK
-from plugins.bench.common import ThreadTime
+from plugins.bench.common import Helpers, ThreadTime
 from plugins.bench.pipelines import median_run
 from plugins.bench.recovery import EXTRA
 from runner.cli import main
+from runner.state import LmdbStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,7 +67,9 @@ def test_quick_bench_reports_every_figure(broker, tmp_path, capsys):
     basic, fault_tolerant = figures["pipelines"]
     assert basic["state"]["backend"] == "memory" and basic["state"]["used_bytes"] is None
     # its state writer, Kafka reader and DLQ producer live through the whole run
-    positive(fault_tolerant["helpers_peak_rss_mib"])
+    positive(fault_tolerant["helpers_peak_rss_mib"], *fault_tolerant["helpers_cpu_us_per_event"].values())
+    assert set(fault_tolerant["helpers_cpu_us_per_event"]) <= {
+        "runner.state_writer", "plugins.sources.kafka_reader", "plugins.sinks.kafka_producer"}
     state = fault_tolerant["state"]
     assert state["backend"] == "lmdb"
     assert set(state["open"]) == {"page_stats", "traffic_5m", "trending_10m", "sessions"}
@@ -181,3 +184,18 @@ def test_ctrl_c_stops_the_broker_and_removes_the_temporary_files():
     assert "interrupted" in text
     assert not os.path.exists(workdir)
     assert len(ports) == 3 and all(embedded.port_free(port) for port in ports), ports
+
+
+def test_the_helpers_sampler_reports_the_memory_and_the_cpu_of_each_helper_module(tmp_path):
+    with Helpers() as helpers:
+        store = LmdbStore(tmp_path)  # starts its state writer process
+        try:
+            for n in range(20):
+                store.table("t").put(b"k", n)
+                store.commit({}, [], [])
+            store.in_flight(wait=True)
+            time.sleep(3 * Helpers.EVERY_S)
+        finally:
+            store.close()
+    assert helpers.peak_mib > 5 and list(helpers.cpu_s) == ["runner.state_writer"]
+    assert 0 < helpers.cpu_s["runner.state_writer"] < 30
