@@ -398,6 +398,17 @@ def write_pipeline(path: str | os.PathLike, settings: dict) -> str:
     return str(path)
 
 
+def file_pipeline(workdir: Path, events: Path, topic: str, **settings) -> str:
+    """``workdir/pipeline.yaml``: ``events`` read as ``topic``, the state and a JSONL DLQ in
+    ``workdir``, and ``settings`` (name, stages, sinks, checkpoint...) as they are."""
+    return write_pipeline(workdir / "pipeline.yaml", {
+        "source": {"type": "file", "path": str(events), "topic": topic},
+        "state": {"path": str(workdir / "state")},
+        "dlq": {"type": "jsonl", "path": str(workdir / "dlq.jsonl")},
+        **settings,
+    })
+
+
 def fault_tolerant(workdir: Path, *, broker: str, topic: str, results_topic: str, dlq_topic: str,
                    dsn: str, table: str) -> str:
     """pipelines/fault_tolerant.yaml with everything it writes under ``workdir`` or fresh:

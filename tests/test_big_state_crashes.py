@@ -22,14 +22,11 @@ MAX_RUNS = 40
 
 
 def pipeline(workdir: Path, events: Path) -> str:
-    return faults.write_pipeline(workdir / "pipeline.yaml", {
-        "name": "big_state",
-        "source": {"type": "file", "path": str(events), "topic": "clicks"},
-        "state": {"path": str(workdir / "state")},
-        "checkpoint": {"every_events": 100, "every_ms": 100},
-        "event_time": {"field": "timestamp", "grace": "0s"},
-        "dlq": {"type": "jsonl", "path": str(workdir / "dlq.jsonl")},
-        "stages": [
+    return faults.file_pipeline(
+        workdir, events, "clicks", name="big_state",
+        checkpoint={"every_events": 100, "every_ms": 100},
+        event_time={"field": "timestamp", "grace": "0s"},
+        stages=[
             {"type": "tumbling_window", "name": "hour", "size": "1h",
              "aggregations": {"events": "count", "ids": {"count_distinct": "event_id"},
                               # ~1,900 durations, each counted again and again: the Counts log
@@ -38,8 +35,8 @@ def pipeline(workdir: Path, events: Path) -> str:
             {"type": "session_window", "name": "sessions", "key_by": "user_id", "gap": "10m",
              "aggregations": {"views": "count", "path": {"collect": "page_url"}}},
         ],
-        "sinks": [{"type": "jsonl", "path": str(workdir / "results.jsonl")}],
-    })
+        sinks=[{"type": "jsonl", "path": str(workdir / "results.jsonl")}],
+    )
 
 
 def run_to_the_end(yaml: str, rng: random.Random | None) -> int:

@@ -190,22 +190,19 @@ def click_lines(count: int, seed: int = 4) -> list[bytes]:
 
 
 def pg_pipeline(workdir: Path, events: Path, dsn: str, table: str) -> str:
-    return faults.write_pipeline(workdir / "pipeline.yaml", {
-        "name": "pg_faults",
-        "source": {"type": "file", "path": str(events), "topic": "clicks"},
-        "state": {"path": str(workdir / "state")},
-        "checkpoint": {"every_events": 50, "every_ms": 100},
-        "event_time": {"field": "timestamp", "grace": "30s"},
-        "dlq": {"type": "jsonl", "path": str(workdir / "dlq.jsonl")},
-        "stages": [
+    return faults.file_pipeline(
+        workdir, events, "clicks", name="pg_faults",
+        checkpoint={"every_events": 50, "every_ms": 100},
+        event_time={"field": "timestamp", "grace": "30s"},
+        stages=[
             {"type": "validate"},
             {"type": "aggregate", "name": "page_stats", "key_by": "page_url",
              "aggregations": {"views": "count", "revenue": {"sum": "revenue"}}, "milestones": {"views": 25}},
             {"type": "tumbling_window", "name": "per_30s", "size": "30s",
              "aggregations": {"events": "count", "users": {"count_distinct": "user_id"}}},
         ],
-        "sinks": [{"type": "postgres", "name": "pg", "dsn": dsn, "table": table}],
-    })
+        sinks=[{"type": "postgres", "name": "pg", "dsn": dsn, "table": table}],
+    )
 
 
 def rows_by_id(table: str) -> dict:
@@ -302,16 +299,13 @@ def test_sigterm_while_postgres_is_down_keeps_the_outbox_for_the_next_start(pg_c
 
 # --- LMDB ---------------------------------------------------------------------------------------
 def blob_pipeline(workdir: Path) -> str:
-    return faults.write_pipeline(workdir / "pipeline.yaml", {
-        "name": "big_state",
-        "source": {"type": "file", "path": str(workdir / "events.jsonl"), "topic": "big"},
-        "state": {"path": str(workdir / "state")},
-        "checkpoint": {"every_events": 100, "every_ms": 1000},
-        "dlq": {"type": "jsonl", "path": str(workdir / "dlq.jsonl")},
-        "stages": [{"type": "aggregate", "name": "per_event", "key_by": "event_id",
-                    "aggregations": {"n": "count", "blobs": {"collect": "blob"}}}],
-        "sinks": [{"type": "jsonl", "path": str(workdir / "results.jsonl")}],
-    })
+    return faults.file_pipeline(
+        workdir, workdir / "events.jsonl", "big", name="big_state",
+        checkpoint={"every_events": 100, "every_ms": 1000},
+        stages=[{"type": "aggregate", "name": "per_event", "key_by": "event_id",
+                 "aggregations": {"n": "count", "blobs": {"collect": "blob"}}}],
+        sinks=[{"type": "jsonl", "path": str(workdir / "results.jsonl")}],
+    )
 
 
 def blob_events(path: Path, start: int, stop: int, size: int) -> None:
