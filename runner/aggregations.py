@@ -2,7 +2,9 @@
 
 An aggregation keeps an accumulator that can be added to one value at a time and merged
 with another (sessions merge); ``result`` turns it into the value written in results and in
-the state dump. Accumulators are plain picklable values.
+the state dump. Accumulators are picklable values; those that can grow long (``collect``,
+and ``count_distinct``, ``count_by`` and ``top`` past ``SMALL`` values) keep what they
+gathered in ``runner.state`` Frozen chunks, so a checkpoint writes what changed.
 """
 
 from __future__ import annotations
