@@ -210,18 +210,21 @@ class Counts(dict):
 
     def __init__(self, counts=(), log: FrozenList | None = None, logged: int = 0):
         super().__init__(counts)
-        self.changed = set(self)  # not in the log yet
+        # the values whose counts are not in the log yet; None: all (never pickled, as in a
+        # memory store, where nothing is tracked)
+        self.changed: set | None = None if log is None else set()
         self.log = FrozenList() if log is None else log
         self.logged = logged  # entries in the log
 
     def __setitem__(self, value, count) -> None:
         dict.__setitem__(self, value, count)
-        self.changed.add(value)
+        if self.changed is not None:
+            self.changed.add(value)
 
     def __reduce__(self):
         """Pickled by a checkpoint: the changes join the log (or the log is written anew)."""
-        if self.changed:
-            if self.logged + len(self.changed) > 2 * len(self):
+        if self.changed is None or self.changed:
+            if self.changed is None or self.logged + len(self.changed) > 2 * len(self):
                 self.log.truncate(0)
                 self.logged, entries = 0, list(self.items())
             else:

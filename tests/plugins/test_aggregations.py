@@ -199,6 +199,7 @@ def test_a_checkpoint_writes_the_counts_a_count_by_changed_and_its_log_stays_wit
 
     for i in range(5_000):
         add(f"/p/{i}")
+    assert accs[0].changed is None  # nothing tracked before its first checkpoint (a memory store has none)
     table.put(b"w", accs)
     store.commit({}, [], [])
     writes = faults.record_writes(store)
