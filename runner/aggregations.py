@@ -162,9 +162,9 @@ SMALL = 1024
 
 
 class Distinct:
-    """A count_distinct's values once they are many: they go in ``Frozen`` chunks of ``CHUNK``
-    in a ``FrozenList`` as they are first seen, and a tail, the only part written again;
-    ``seen`` is rebuilt from them when read."""
+    """A count_distinct's values once they are many, in the order first seen: the full chunks
+    of ``CHUNK`` in ``Frozen`` blobs (a ``FrozenList``), frozen when a checkpoint pickles it,
+    and a tail, the only part written again; ``seen`` is rebuilt from them when read."""
 
     CHUNK = 64
     __slots__ = ("seen", "frozen", "tail")
@@ -185,9 +185,6 @@ class Distinct:
         if value not in self.seen:
             self.seen.add(value)
             self.tail.append(value)
-            if len(self.tail) == self.CHUNK:
-                self.frozen.append(Frozen(pickle.dumps(self.tail, pickle.HIGHEST_PROTOCOL)))
-                self.tail = []
 
     def __len__(self) -> int:
         return len(self.seen)
@@ -196,6 +193,10 @@ class Distinct:
         return iter(self.seen)
 
     def __reduce__(self):
+        full = len(self.tail) - len(self.tail) % self.CHUNK
+        for i in range(0, full, self.CHUNK):
+            self.frozen.append(Frozen(pickle.dumps(self.tail[i:i + self.CHUNK], pickle.HIGHEST_PROTOCOL)))
+        del self.tail[:full]
         return (Distinct, (self.frozen, self.tail))
 
 
