@@ -171,7 +171,7 @@ class Distinct:
 
     def __init__(self, frozen: FrozenList, tail: list):
         self.frozen, self.tail = frozen, tail
-        self.seen = {value for chunk in frozen for value in pickle.loads(chunk.data)}
+        self.seen = set(_thaw(frozen))
         self.seen.update(tail)
 
     @classmethod
@@ -194,8 +194,7 @@ class Distinct:
 
     def __reduce__(self):
         full = len(self.tail) - len(self.tail) % self.CHUNK
-        for i in range(0, full, self.CHUNK):
-            self.frozen.append(Frozen(pickle.dumps(self.tail[i:i + self.CHUNK], pickle.HIGHEST_PROTOCOL)))
+        _freeze(self.frozen, self.tail[:full], self.CHUNK)
         del self.tail[:full]
         return (Distinct, (self.frozen, self.tail))
 
@@ -230,8 +229,7 @@ class Counts(dict):
                 self.logged, entries = 0, list(self.items())
             else:
                 entries = [(value, self[value]) for value in self.changed]
-            for i in range(0, len(entries), self.CHUNK):
-                self.log.append(Frozen(pickle.dumps(entries[i:i + self.CHUNK], pickle.HIGHEST_PROTOCOL)))
+            _freeze(self.log, entries, self.CHUNK)
             self.logged += len(entries)
             self.changed = set()
         return (_replay, (self.log, self.logged))
@@ -239,9 +237,20 @@ class Counts(dict):
 
 def _replay(log: FrozenList, logged: int) -> Counts:
     counts = Counts((), log, logged)
-    for chunk in log:
-        dict.update(counts, pickle.loads(chunk.data))  # not __setitem__: these are in the log
+    dict.update(counts, _thaw(log))  # not __setitem__: these are in the log
     return counts
+
+
+def _freeze(frozen: FrozenList, items: list, size: int) -> None:
+    """Append ``items`` to ``frozen``, pickled in Frozen chunks of ``size``."""
+    for i in range(0, len(items), size):
+        frozen.append(Frozen(pickle.dumps(items[i:i + size], pickle.HIGHEST_PROTOCOL)))
+
+
+def _thaw(frozen: FrozenList):
+    """The items ``_freeze`` put in ``frozen``, in order."""
+    for chunk in frozen:
+        yield from pickle.loads(chunk.data)
 
 
 class CountDistinct(Aggregation):

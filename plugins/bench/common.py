@@ -204,12 +204,17 @@ class Helpers:
                         total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
                     with open(f"/proc/{pid}/stat") as f:  # utime and stime follow the command's ")"
                         utime, stime = f.read().rpartition(")")[2].split()[11:13]
-                    with open(f"/proc/{pid}/cmdline", "rb") as f:  # python -m MODULE ...
-                        module = f.read().split(b"\0")[2].decode()
+                    module = self._cpu[pid][0] if pid in self._cpu else _module_of(pid)
                 except (OSError, StopIteration, ValueError, IndexError):
                     continue  # gone meanwhile
                 self._cpu[pid] = (module, (int(utime) + int(stime)) / tick)
             self.peak_mib = max(self.peak_mib, total / 1024)
+
+
+def _module_of(pid: int) -> str:
+    """The module a helper process runs: ``python -m MODULE ...``."""
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().split(b"\0")[2].decode()
 
 
 class Interrupted(KeyboardInterrupt):

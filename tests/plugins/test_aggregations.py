@@ -161,6 +161,11 @@ def test_an_insert_out_of_order_keeps_the_frozen_chunks_before_its_place():
     assert not {c.id for c in accs[0][2]} & {c.id for c in chunks}
     assert aggs.results(accs) == {"c": sorted([*range(0, 2 * n, 2), 2 * n - 3, 1])}
 
+def bytes_put(checkpoints: list) -> list[int]:
+    """The bytes each of ``faults.record_writes``' checkpoints put, all databases together."""
+    return [sum(len(raw) for _, puts, _ in writes for _, raw in puts) for writes in checkpoints]
+
+
 def test_a_checkpoint_writes_the_values_a_count_distinct_saw_since_the_last_not_all_it_saw(tmp_path):
     aggs = Aggregations({"users": {"count_distinct": "u"}})
     store = LmdbStore(tmp_path)
@@ -175,7 +180,7 @@ def test_a_checkpoint_writes_the_values_a_count_distinct_saw_since_the_last_not_
         aggs.add(accs, aggs.extract({"u": value}), None)
         table.put(b"w", accs)
         store.commit({}, [], [])
-    sizes = [sum(len(raw) for name, puts, _ in checkpoint for _, raw in puts) for checkpoint in writes]
+    sizes = bytes_put(writes)
     assert aggs.results(accs) == {"users": 20_001} and len(sizes) == 2 and max(sizes) < 2_000  # all: ~300 KB
     store.close()
     store = LmdbStore(tmp_path)
@@ -208,7 +213,7 @@ def test_a_checkpoint_writes_the_counts_a_count_by_changed_and_its_log_stays_wit
             add(f"/p/{rng.randrange(100)}")
         table.put(b"w", accs)
         store.commit({}, [], [])
-    sizes = [sum(len(raw) for name, puts, _ in checkpoint for _, raw in puts) for checkpoint in writes]
+    sizes = bytes_put(writes)
     assert sorted(sizes)[len(sizes) // 2] < 4_000  # the whole map: ~60 KB
     assert all(acc.logged <= 2 * len(acc) for acc in accs)
     assert aggs.results(accs)["pages"] == expected
