@@ -21,7 +21,8 @@ from runner.schema import obj, source_common
 
 STATUS_EVERY_S = 5.0  # at most one "unreachable" line, and one health check, per this long
 CONSUMER = dict(max_poll_records=2000, max_partition_fetch_bytes=4 << 20,
-                # a short fetch wait: some brokers hold a fetch this long even when data is waiting
+                # a short fetch wait: some brokers (Tansu) do not answer a waiting fetch when data
+                # arrives, but look again after sleeping half of the wait that is left
                 fetch_max_wait_ms=20)
 
 
