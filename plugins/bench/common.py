@@ -63,6 +63,7 @@ class LatencyObserver(Observer):
     def __init__(self, expected: int):
         super().__init__()
         self.latencies: list[float] = []
+        self.sent_ms: list[float] = []  # each measured record's timestamp, beside its latency
         self.in_runner: list[float] = []
         self.fetched_to_polled: list[float] = []
         self.warmup: list[float] = []
@@ -81,6 +82,7 @@ class LatencyObserver(Observer):
                     self.warmup.append(synced_ms - ts)
                 else:
                     self.latencies.append(synced_ms - ts)
+                    self.sent_ms.append(ts)
                     self.in_runner.append(synced_ms - polled_at * 1000)
                     if fetched_at is not None:
                         self.fetched_to_polled.append((polled_at - fetched_at) * 1000)
@@ -115,6 +117,19 @@ def summary_ms(values) -> dict:
     """How many milliseconds, and their p50 (the median), p99 and max (None each when empty)."""
     return {"count": len(values), "p50_ms": percentile(values, 50), "p99_ms": percentile(values, 99),
             "max_ms": max(values) if values else None}
+
+
+def p99_by_third(sent_ms: list[float], latencies: list[float]) -> list[float | None]:
+    """The p99 of the latencies of records sent in each third of the time from the first send
+    to the last (``sent_ms[i]`` is when the record of ``latencies[i]`` was sent): whether the
+    latency grows over a phase (the embedded broker's fetches slow as its partitions fill)."""
+    if not sent_ms:
+        return [None, None, None]
+    first, span = min(sent_ms), (max(sent_ms) - min(sent_ms)) or 1.0
+    thirds: list[list[float]] = [[], [], []]
+    for sent, latency in zip(sent_ms, latencies):
+        thirds[min(2, int(3 * (sent - first) / span))].append(latency)
+    return [percentile(third, 99) for third in thirds]
 
 
 def reset_peak_rss() -> bool:

@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from plugins import broker
 from plugins import kafka_common as kc
-from plugins.bench.common import Progress, say, stop_if_interrupted, summary_ms
+from plugins.bench.common import Progress, p99_by_third, say, stop_if_interrupted, summary_ms
 from plugins.clickstream import DEFAULT_START_MS, ClickGenerator
 from runner.components import RunnerError
 
@@ -260,6 +260,7 @@ def latency_floor(bootstrap: str, topic: str, partitions: int, rate: float, seco
         warmup_until_ms = (time.time() + warmup) * 1000
         producer.go()
         latencies: list[float] = []
+        sent_ms: list[float] = []
         warmups: list[float] = []
         deadline = time.monotonic() + warmup + seconds + 60
         progress = Progress("latency floor", count)
@@ -269,10 +270,14 @@ def latency_floor(bootstrap: str, topic: str, partitions: int, rate: float, seco
             for records in consumer.poll(timeout_ms=100).values():
                 now_ms = time.time() * 1000
                 for r in records:
-                    (warmups if r.timestamp < warmup_until_ms else latencies).append(now_ms - r.timestamp)
+                    if r.timestamp < warmup_until_ms:
+                        warmups.append(now_ms - r.timestamp)
+                    else:
+                        latencies.append(now_ms - r.timestamp)
+                        sent_ms.append(r.timestamp)
         sent = producer.wait()
     finally:
         consumer.close(autocommit=False)
         producer.close()
     return {"rate": rate, "seconds": seconds, "warmup_seconds": warmup, "sent": sent["sent"],
-            **summary_ms(latencies), "warmup": summary_ms(warmups)}
+            **summary_ms(latencies), "p99_by_third_ms": p99_by_third(sent_ms, latencies), "warmup": summary_ms(warmups)}

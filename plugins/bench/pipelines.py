@@ -14,7 +14,8 @@ import yaml
 
 from plugins.bench import kafka as bk
 from plugins.bench.common import (INTERRUPTED, Helpers, Interrupted, LatencyObserver, Observer, QuietLog,
-                                  ThreadTime, peak_rss_mib, reset_peak_rss, say, stop_if_interrupted, summary_ms)
+                                  ThreadTime, p99_by_third, peak_rss_mib, reset_peak_rss, say, stop_if_interrupted,
+                                  summary_ms)
 from runner import config
 from runner.components import RunnerError
 from runner.dump import dump_state
@@ -229,7 +230,7 @@ def latency(pipeline, cluster: bk.Cluster, topic: str, rate: float, seconds: flo
         "pipeline": name, "rate": rate, "seconds": seconds, "warmup_seconds": warmup, "sent": sent["sent"],
         "achieved_rate": sent["sent"] / sent["send_seconds"] if sent["send_seconds"] else None,
         "checkpoints": len(observer.commit_ms), "producer_linger_ms": producer.LINGER_MS,
-        **summary_ms(observer.latencies),
+        **summary_ms(observer.latencies), "p99_by_third_ms": p99_by_third(observer.sent_ms, observer.latencies),
         "in_runner": summary_ms(observer.in_runner), "fetched_to_polled": summary_ms(observer.fetched_to_polled),
         "warmup": summary_ms(observer.warmup),
     }

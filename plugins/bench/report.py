@@ -102,6 +102,7 @@ def table(results: dict) -> str:
     if lat:
         add(f"latency {lat['pipeline']} at {lat['rate']:g}/s for {lat['seconds']:g} s "
             f"after {lat['warmup_seconds']:g} s: p50 / p99 / max", _latencies(lat), "latency.p99_ms")
+        add(f"latency: p99 of the records sent in each third of the {lat['seconds']:g} s", _thirds(lat))
         add("latency: of which in the runner (polled -> checkpoint on disk)", _latencies(lat["in_runner"]))
         add("latency: of which between the source's fetch and the runner's poll", _latencies(lat["fetched_to_polled"]))
         add(f"latency: the {lat['warmup_seconds']:g} s warm-up (the runner starting)", _latencies(lat["warmup"]))
@@ -112,6 +113,7 @@ def table(results: dict) -> str:
     if low:
         add(f"latency floor: kafka-python alone at {low['rate']:g}/s for {low['seconds']:g} s "
             f"after {low['warmup_seconds']:g} s: p50 / p99 / max", _latencies(low))
+        add(f"latency floor: p99 of the records sent in each third of the {low['seconds']:g} s", _thirds(low))
     rec = results.get("recovery")
     if rec:
         add(f"recovery over {rec['keys']:,} keys ({_mib(rec['state_bytes'])}): spawn to first event",
@@ -136,6 +138,11 @@ def _latencies(figures: dict) -> str:
     if not figures["count"]:
         return "none measured"
     return f"{figures['p50_ms']:.1f} / {figures['p99_ms']:.1f} / {figures['max_ms']:.1f} ms"
+
+
+def _thirds(figures: dict) -> str:
+    """The p99s of a latency phase's thirds: the embedded broker's latency grows as it fills."""
+    return " / ".join("-" if p is None else f"{p:.1f}" for p in figures["p99_by_third_ms"]) + " ms"
 
 
 def _mib(n: int | None) -> str:

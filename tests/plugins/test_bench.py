@@ -16,7 +16,7 @@ from pathlib import Path
 
 from plugins import broker as embedded
 from plugins.bench import QUICK
-from plugins.bench.common import Helpers, ThreadTime
+from plugins.bench.common import Helpers, ThreadTime, p99_by_third
 from plugins.bench.pipelines import median_run
 from plugins.bench.recovery import EXTRA
 from runner.cli import main
@@ -95,6 +95,9 @@ def test_quick_bench_reports_every_figure(broker, tmp_path, capsys):
     assert floor["sent"] == floor["count"] + floor["warmup"]["count"] == sent
     assert floor["count"] > sent // 2
     positive(floor["p50_ms"], floor["p99_ms"], floor["max_ms"], floor["warmup"]["count"])
+    for phase in (latency, floor):  # every third of a steady load has records, none beyond the max
+        positive(*phase["p99_by_third_ms"])
+        assert len(phase["p99_by_third_ms"]) == 3 and max(phase["p99_by_third_ms"]) <= phase["max_ms"]
 
     recovery = figures["recovery"]
     assert recovery["keys"] == QUICK["recovery_keys"] and recovery["processed"] == EXTRA
@@ -112,7 +115,7 @@ def test_quick_bench_reports_every_figure(broker, tmp_path, capsys):
 
     for label in ("ceiling", "basic: throughput", "basic: the ratios of its 2 runs",
                   "fault_tolerant: the runner's thread on a core", "fault_tolerant: checkpoint median",
-                  "latency floor", "of which in the runner", "between the source's fetch and the runner's poll",
+                  "latency floor", "each third of the", "of which in the runner", "between the source's fetch and the runner's poll",
                   "warm-up", "recovery", "machine:", "kafka-python"):
         assert label in table
 
@@ -126,6 +129,15 @@ def test_the_median_run_gives_the_figures():
         ceiling, chosen = median_run([run(r) for r in ratios])
         assert chosen["ratio_to_ceiling"] == expected and ceiling["ratio_to_ceiling"] == expected
         assert [r["ratio_to_ceiling"] for r in chosen["runs"]] == ratios  # in the order they ran
+
+
+def test_p99_by_third_splits_the_records_by_when_they_were_sent():
+    sent = [float(t) for t in range(300)]  # one record a millisecond for 300 ms
+    latencies = [5.0 if t < 100 else 20.0 if t < 200 else 80.0 for t in range(300)]
+    latencies[150] = 1000.0  # one slow record in the middle third: not its p99 (99 of 100 are 20)
+    assert p99_by_third(sent, latencies) == [5.0, 20.0, 80.0]
+    assert p99_by_third([7.0], [3.0]) == [3.0, None, None]  # one record: all in the first third
+    assert p99_by_third([], []) == [None, None, None]
 
 
 def test_thread_time_tells_a_busy_thread_from_a_waiting_one():
