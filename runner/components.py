@@ -255,6 +255,14 @@ class Sink(Component):
         as committed in a checkpoint (None on a first run). An exactly-once sink uses it
         to find what a crash left behind (a file's committed length, Kafka end offsets)."""
 
+    def fresh_start(self) -> Any:
+        """Called after ``open(None)`` when nothing of this pipeline can be waiting at this
+        sink: no state of it was ever committed and the outbox is empty (a first run, a new
+        sink, or a state that was deleted). An exactly-once sink may then skip looking for
+        earlier deliveries. The return value (None: nothing) is committed like ``flush``'s,
+        in the next checkpoint, which is on disk before anything is delivered."""
+        return None
+
     def deliver(self, outputs: list) -> None:
         """Hand over ``runner.outputs.Output`` objects; may return before they are
         durable. After it raised, the next ``flush`` must raise too: the runner learns

@@ -129,10 +129,14 @@ class Runner:
         formatters = {st.name: st.format_result for st in self.stages}
         for sink in self.sinks.values():
             sink.context.formatters = formatters
-        sink_states = self.store.meta("sinks", {}) or {}
+        sink_states = dict(self.store.meta("sinks", {}) or {})
         for name, sink in self.sinks.items():
             sink.open(sink_states.get(name))
         outbox = self.store.outbox()
+        if not outbox:  # a sink with no committed state has nothing of ours to find
+            for name, sink in self.sinks.items():
+                if sink_states.get(name) is None:
+                    sink_states[name] = sink.fresh_start()
         next_seq = outbox[-1][0] + 1 if outbox else 0
         self.checkpoint = Checkpoint(self.store, self.sinks, tuple(d["name"] for d in s["sinks"]), number,
                                      next_seq, should_stop=lambda: self.stop_requested, log=self.log)

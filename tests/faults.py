@@ -303,14 +303,15 @@ def produce_range(bootstrap: str, topic: str, start: int, stop: int, seed: int, 
 
 # --- state, read in-process -------------------------------------------------------------------
 def stored(state_path: str | os.PathLike) -> dict:
-    """The last checkpoint's offsets, checkpoint number and outbox size (read-only, no lock)."""
+    """The last checkpoint's offsets, checkpoint number, outbox size and sink states (read-only,
+    no lock)."""
     try:
         store = LmdbStore(state_path, readonly=True)
     except FileNotFoundError:
-        return {"offsets": {}, "checkpoint": 0, "outbox": 0}
+        return {"offsets": {}, "checkpoint": 0, "outbox": 0, "sinks": {}}
     try:
         return {"offsets": store.meta("offsets", {}) or {}, "checkpoint": store.meta("checkpoint", 0),
-                "outbox": len(store.outbox())}
+                "outbox": len(store.outbox()), "sinks": store.meta("sinks", {}) or {}}
     finally:
         store.close()
 

@@ -69,6 +69,18 @@ class KafkaSink(Sink):
         self.failure: Exception | None = None
         self.needs_read = True
 
+    def fresh_start(self) -> dict | None:
+        """Nothing of ours can be in the topic: take its ends as confirmed, so the first
+        delivery reads nothing back (it would read the whole topic). If the broker does not
+        tell them, the first delivery reads back from the start as after any start."""
+        try:
+            ends = self._true_ends()
+        except RunnerError:
+            return None
+        self.base = {tp.partition: end for tp, end in ends.items()}
+        self.needs_read = False
+        return {f"{self.topic}/{p}": end for p, end in sorted(self.base.items())}
+
     def deliver(self, outputs: list) -> None:
         """Send every output whose id is not already in the topic; returns before the sends
         are acknowledged. After a start or a failure, reads the topic back first."""
@@ -161,14 +173,19 @@ class KafkaSink(Sink):
             self.producer.stop(wait)
             self.producer = None
 
+    def _true_ends(self) -> dict:
+        """{TopicPartition: true end} of every partition of the topic."""
+        tps = kc.partitions_of(self.reader, [self.topic], self.servers)
+        return kc.true_ends(self.servers, self.options, self.client_id + "-probe", tps)
+
     def _read_back(self) -> None:
         """Collect the ids in every partition from its base offset up to its true end.
 
         A base beyond the end (the broker lost its data) is reported, and that partition
         is read from 0. Raises ``RunnerError`` when a read makes no progress for 10 s.
         """
-        tps = kc.partitions_of(self.reader, [self.topic], self.servers)
-        ends = kc.true_ends(self.servers, self.options, self.client_id + "-probe", tps)
+        ends = self._true_ends()
+        tps = list(ends)
         self.reader.assign(tps)
         todo = {}
         for tp in tps:

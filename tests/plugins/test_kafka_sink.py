@@ -107,6 +107,23 @@ def test_a_first_run_reads_the_topic_from_the_start(broker, topic_factory):
     assert ids_in(read_topic(broker, topic)) == Counter(f"test/stage/{i}" for i in range(8))
 
 
+def test_a_fresh_start_takes_the_ends_and_reads_nothing_back(broker, topic_factory):
+    topic = topic_factory(1)
+    other = make_sink(broker, topic)  # another writer's records, ids like ours among them
+    other.deliver(outputs(range(5)))
+    other.flush()
+    other.close()
+    fresh = make_sink(broker, topic, state=None)
+    try:
+        assert fresh.fresh_start() == {f"{topic}/0": 5}
+        fresh.deliver(outputs(range(8)))
+        assert fresh.flush() == {f"{topic}/0": 13}
+    finally:
+        fresh.close()
+    # not read back: ids 0-4 of the other writer did not keep ours from being written
+    assert ids_in(read_topic(broker, topic)) == Counter({f"test/stage/{i}": 2 if i < 5 else 1 for i in range(8)})
+
+
 def too_large(sink):
     return [Output("test/stage/huge", "result", "stage", b"k", b"x" * 10000, None)], "MessageSizeTooLarge"
 

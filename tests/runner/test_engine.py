@@ -13,9 +13,12 @@ import time
 import pytest
 import yaml
 
+from plugins.sinks.kafka import KafkaSink
 from runner import config
+from runner.components import Context
 from runner.engine import GC_THRESHOLDS, Runner
-from tests import e2e
+from runner.outputs import Output
+from tests import e2e, faults
 
 RECORDS = 30
 
@@ -73,6 +76,35 @@ def test_when_quiet_commits_what_was_read_once_nothing_more_is_ready(broker, top
         assert sum(before_stop) == RECORDS
     else:
         assert before_stop == []
+
+
+def test_a_first_run_commits_its_kafka_sinks_ends_before_it_delivers(broker, topic_factory, tmp_path):
+    """A first run takes a Kafka DLQ's ends as confirmed instead of reading the topic back;
+    killed after delivering, before confirming, its restart still writes nothing twice."""
+    dlq = topic_factory(1)
+    other = KafkaSink({"topic": dlq, "bootstrap_servers": broker, "options": {}}, Context("other", "dlq", {}))
+    other.open(None)
+    other.deliver([Output(f"other/{i}", "dlq", "other", None, b"{}", None) for i in range(50)])
+    other.flush()
+    other.close()
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(f"not json {i}\n" for i in range(20)))  # 20 dead letters
+    path = faults.file_pipeline(tmp_path, events, "in", name="fresh", checkpoint={"every_events": 5},
+                                dlq={"type": "kafka", "topic": dlq, "bootstrap_servers": broker}, stages=[],
+                                sinks=[{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}])
+    crashed = Runner(config.load(path), until_end=True, log=lambda *a, **k: None)
+    crashed._open()
+    assert crashed.checkpoint.sink_states["dlq"] == {f"{dlq}/0": 50}  # no read-back: the topic's end
+    crashed._loop()  # within the first second: every delivery is still unconfirmed
+    crashed.checkpoint.settle()  # the checkpoints on disk: their dead letters are sent
+    crashed._abort()  # as a crash, after its sends landed
+    at = faults.stored(tmp_path / "state")
+    assert at["sinks"]["dlq"] == {f"{dlq}/0": 50} and at["outbox"] == 20  # committed, none confirmed
+    assert 50 < len(faults.kafka_records(broker, dlq)), "nothing of the first run was delivered"
+
+    Runner(config.load(path), until_end=True, log=lambda *a, **k: None).run()
+    ids = [i for i, _ in faults.kafka_records(broker, dlq) if not i.startswith("other/")]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 20
 
 
 def test_the_collector_runs_with_its_own_thresholds_and_they_are_restored(tmp_path):
