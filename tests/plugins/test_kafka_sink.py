@@ -124,6 +124,27 @@ def test_a_fresh_start_takes_the_ends_and_reads_nothing_back(broker, topic_facto
     assert ids_in(read_topic(broker, topic)) == Counter({f"test/stage/{i}": 2 if i < 5 else 1 for i in range(8)})
 
 
+def test_a_fresh_start_without_the_ends_leaves_the_read_back_to_the_first_delivery(broker, topic_factory,
+                                                                                     monkeypatch):
+    topic = topic_factory(1)
+    other = make_sink(broker, topic)
+    other.deliver(outputs(range(3)))
+    other.flush()
+    other.close()
+    fresh = make_sink(broker, topic, state=None)
+    try:
+        def no_answer():
+            raise RunnerError("no fetch answered")  # as from a broker gone between open and here
+        monkeypatch.setattr(fresh, "_true_ends", no_answer)
+        assert fresh.fresh_start() is None
+        monkeypatch.undo()
+        fresh.deliver(outputs(range(5)))  # read back from the start: 0-2 are there
+        assert fresh.flush() == {f"{topic}/0": 5}
+    finally:
+        fresh.close()
+    assert ids_in(read_topic(broker, topic)) == Counter(f"test/stage/{i}" for i in range(5))
+
+
 def too_large(sink):
     return [Output("test/stage/huge", "result", "stage", b"k", b"x" * 10000, None)], "MessageSizeTooLarge"
 

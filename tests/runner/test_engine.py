@@ -78,9 +78,13 @@ def test_when_quiet_commits_what_was_read_once_nothing_more_is_ready(broker, top
         assert before_stop == []
 
 
-def test_a_first_run_commits_its_kafka_sinks_ends_before_it_delivers(broker, topic_factory, tmp_path):
+@pytest.mark.parametrize("ends_taken", [True, False])
+def test_a_first_run_killed_after_delivering_writes_nothing_twice(broker, topic_factory, tmp_path, monkeypatch,
+                                                                  ends_taken):
     """A first run takes a Kafka DLQ's ends as confirmed instead of reading the topic back;
-    killed after delivering, before confirming, its restart still writes nothing twice."""
+    killed after delivering, before confirming, its restart writes nothing twice. Without
+    those ends (a probe that failed, or a state of a runner before ``fresh_start``), the
+    restart finds the outbox full and reads the topic back rather than taking the ends anew."""
     dlq = topic_factory(1)
     other = KafkaSink({"topic": dlq, "bootstrap_servers": broker, "options": {}}, Context("other", "dlq", {}))
     other.open(None)
@@ -92,14 +96,18 @@ def test_a_first_run_commits_its_kafka_sinks_ends_before_it_delivers(broker, top
     path = faults.file_pipeline(tmp_path, events, "in", name="fresh", checkpoint={"every_events": 5},
                                 dlq={"type": "kafka", "topic": dlq, "bootstrap_servers": broker}, stages=[],
                                 sinks=[{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}])
+    if not ends_taken:
+        monkeypatch.setattr(KafkaSink, "fresh_start", lambda self: None)
     crashed = Runner(config.load(path), until_end=True, log=lambda *a, **k: None)
     crashed._open()
-    assert crashed.checkpoint.sink_states["dlq"] == {f"{dlq}/0": 50}  # no read-back: the topic's end
+    ends = {f"{dlq}/0": 50} if ends_taken else None  # no read-back: the topic's end
+    assert crashed.checkpoint.sink_states["dlq"] == ends
     crashed._loop()  # within the first second: every delivery is still unconfirmed
     crashed.checkpoint.settle()  # the checkpoints on disk: their dead letters are sent
     crashed._abort()  # as a crash, after its sends landed
+    monkeypatch.undo()
     at = faults.stored(tmp_path / "state")
-    assert at["sinks"]["dlq"] == {f"{dlq}/0": 50} and at["outbox"] == 20  # committed, none confirmed
+    assert at["sinks"]["dlq"] == ends and at["outbox"] == 20  # committed, none confirmed
     assert 50 < len(faults.kafka_records(broker, dlq)), "nothing of the first run was delivered"
 
     Runner(config.load(path), until_end=True, log=lambda *a, **k: None).run()
