@@ -11,7 +11,11 @@ $(BIN)/runner: setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
+# Python writes no bytecode cache where PYTHONDONTWRITEBYTECODE is set (many container images,
+# and these machines): compiled here, a start of the runner or of a helper process imports
+# the project's modules without compiling them (0.36 s against 0.43 for all of them).
 install: $(BIN)/runner
+	@$(BIN)/python -m compileall -q runner plugins
 
 # The embedded broker, synthetic clicks (a few bad ones) and the fault-tolerant pipeline.
 demo: install
