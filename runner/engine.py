@@ -86,6 +86,7 @@ class Runner:
         self.stop_requested = False
         self.signalled: int | None = None  # the signal (SIGINT, SIGTERM) that asked for the stop, if one did
         self._pkeys: dict = {}
+        self._delivered: set[str] = set()  # partitions processed since the last ``_idle``
         self.processed = 0
         # observer.on_checkpoint(number, commit_ms, write, batches) once each checkpoint is on
         # disk (see Checkpoint.on_durable), with batches = [(time.time() the source's poll
@@ -222,7 +223,7 @@ class Runner:
                 self._recheck_ends(now=time.monotonic())
             now = time.monotonic()
             if self.tracker is not None and not self.bounded:
-                self._idle(records, now)
+                self._idle(now)
             if self.dirty_since is None and (self.emit.pending or self.checkpoint.pending()):
                 self.dirty_since = now
             if self.every_s and self.dirty_since is not None and now - self.dirty_since >= self.every_s:
@@ -296,12 +297,13 @@ class Runner:
         return name
 
     def _process(self, records) -> None:
-        emit, positions, max_bytes = self.emit, self.positions, self.max_bytes
+        emit, positions, max_bytes, delivered = self.emit, self.positions, self.max_bytes, self._delivered
         events = []
         last_topic = last_partition = name = None
         for r in records:
             if r.partition != last_partition or r.topic != last_topic:  # records come in runs per partition
                 last_topic, last_partition, name = r.topic, r.partition, self._partition(r)
+                delivered.add(name)
             positions[name] = r.offset + 1
             if r.value is NO_RECORD:
                 continue
@@ -330,9 +332,10 @@ class Runner:
             for proc in self.windowed:
                 proc.advance(watermark)
 
-    def _idle(self, records, now: float) -> None:
-        if records:
-            self.tracker.seen({self._partition(r) for r in records}, now)
+    def _idle(self, now: float) -> None:
+        if self._delivered:
+            self.tracker.seen(self._delivered, now)
+            self._delivered.clear()
         self.tracker.update_idle(self.source.caught_up, now)
         self._advance(self.tracker.recompute())
 

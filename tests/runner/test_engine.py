@@ -12,6 +12,7 @@ import time
 
 import pytest
 import yaml
+from kafka import KafkaProducer
 
 from plugins.sinks.kafka import KafkaSink
 from runner import config
@@ -113,6 +114,46 @@ def test_a_first_run_killed_after_delivering_writes_nothing_twice(broker, topic_
     Runner(config.load(path), until_end=True, log=lambda *a, **k: None).run()
     ids = [i for i, _ in faults.kafka_records(broker, dlq) if not i.startswith("other/")]
     assert sorted(ids) == sorted(set(ids)) and len(ids) == 20
+
+
+def test_partitions_that_keep_delivering_are_never_left_out_as_idle(broker, topic_factory, tmp_path):
+    """Unbounded, idle_timeout 1 s: both partitions deliver an event every 0.2 s for 3 s, a
+    minute of event time apart. Were they taken for idle (silent), the watermark would stop
+    where it was after 1 s and the later 1-minute windows would not close while running."""
+    topic = topic_factory(2)
+    start = 1795507200000
+    path = tmp_path / "idle.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "idle",
+        "source": {"type": "kafka", "topics": [topic], "bootstrap_servers": broker},
+        "state": {"path": str(tmp_path / "state")},
+        "event_time": {"field": "timestamp", "grace": "0s", "idle_timeout": "1s", "late": "dlq"},
+        "dlq": {"type": "jsonl", "path": str(tmp_path / "dlq.jsonl")},
+        "stages": [{"type": "tumbling_window", "name": "w", "size": "1m", "aggregations": {"n": "count"}}],
+        "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
+    }))
+    runner = Runner(config.load(str(path)), log=lambda *a, **k: None)
+    producer = KafkaProducer(bootstrap_servers=broker)
+
+    def feed_then_stop():
+        for i in range(15):
+            for partition in (0, 1):
+                click = {"page_url": "/home", "timestamp": start + i * 60_000}
+                producer.send(topic, json.dumps(click).encode(), partition=partition).get(10)
+            time.sleep(0.2)
+        deadline = time.monotonic() + 30
+        while runner.processed < 30 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        runner.stop_requested = True
+
+    feeder = threading.Thread(target=feed_then_stop, daemon=True)
+    feeder.start()
+    runner.run()
+    feeder.join(5)
+    producer.close()
+    assert runner.processed == 30
+    closed = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["n"] for r in closed] == [2] * 14  # every minute but the last, closed while running
 
 
 def test_the_collector_runs_with_its_own_thresholds_and_they_are_restored(tmp_path):
