@@ -86,15 +86,17 @@ def stop_broker(proc: subprocess.Popen, timeout: float = 5.0) -> None:
         log.close()
 
 
-def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    """Create each topic (name -> partitions) that does not exist yet."""
+def create_topics(bootstrap: str, topics: dict[str, int], configs: dict[str, str] | None = None) -> None:
+    """Create each topic (name -> partitions) that does not exist yet, with ``configs``
+    (topic configuration, as ``kafka-topics --config``)."""
     if not topics:
         return
     client = kc.admin(bootstrap)
     try:
         for name, partitions in topics.items():
             try:
-                client.create_topics([NewTopic(name, partitions, 1)], timeout_ms=int(START_TIMEOUT_S * 1000))
+                client.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)],
+                                     timeout_ms=int(START_TIMEOUT_S * 1000))
             except TopicAlreadyExistsError:
                 pass
     finally:

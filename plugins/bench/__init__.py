@@ -167,11 +167,11 @@ def measure(config: dict, cleanup: contextlib.ExitStack) -> dict:
     say(f"latency floor: kafka-python alone at {rate:g} events/s for {floor_seconds:g} s "
         f"after a {warmup:g} s warm-up")
     cluster.renew()
-    floor = cluster.topic("floor", config["partitions"])
+    floor = cluster.topic("floor", config["partitions"], kafka.BROKER_TIMESTAMPS)
     results["latency_floor"] = kafka.latency_floor(cluster.bootstrap, floor, config["partitions"], rate,
                                                    floor_seconds, warmup)
     cluster.renew()
-    live = cluster.topic("live", config["partitions"])
+    live = cluster.topic("live", config["partitions"], kafka.BROKER_TIMESTAMPS)
     pipeline = pipelines.prepare(latency_path, workdir, cluster, live, "latency")
     results["latency"] = pipelines.latency(pipeline, cluster, live, rate, seconds, warmup)
 

@@ -25,6 +25,11 @@ from runner.components import RunnerError
 SEED = 7
 BAD_RATIO = 0.03
 CEILING_TIMEOUT_S = 120.0
+# The latency phases' topics: a record's timestamp is when the broker appended it, as the
+# latency is defined, where the broker honours this; where it keeps the producer's timestamp
+# (Tansu), the record's send time (see SteadyProducer).
+BROKER_TIMESTAMPS = {"message.timestamp.type": "LogAppendTime"}
+LOG_APPEND_TIME = 1  # a record's timestamp_type (kafka-python) when the broker stamped it
 
 
 class Cluster:
@@ -58,10 +63,10 @@ class Cluster:
             self.proc, self.topics = None, []
             self._start()
 
-    def topic(self, purpose: str, partitions: int) -> str:
-        """A new topic named after ``purpose``."""
+    def topic(self, purpose: str, partitions: int, configs: dict[str, str] | None = None) -> str:
+        """A new topic named after ``purpose``, with topic ``configs``."""
         name = f"bench-{purpose}-{uuid.uuid4().hex[:8]}"
-        broker.create_topics(self.bootstrap, {name: partitions})
+        broker.create_topics(self.bootstrap, {name: partitions}, configs)
         self.topics.append(name)
         return name
 
@@ -251,7 +256,8 @@ class SteadyProducer:
 def latency_floor(bootstrap: str, topic: str, partitions: int, rate: float, seconds: float, warmup: float) -> dict:
     """kafka-python alone, with the Kafka source's settings, reading ``rate`` events/s as they
     come for ``warmup`` + ``seconds``: receive time - record timestamp, the latency below which
-    no pipeline can go (records sent in the warm-up apart, as in the pipeline's phase)."""
+    no pipeline can go (records sent in the warm-up apart, as in the pipeline's phase);
+    ``timestamps`` says who stamped the records: the broker, or the producer at its send."""
     count = max(1, int(rate * (seconds + warmup)))
     producer = SteadyProducer(bootstrap, topic, rate, count)
     consumer, tps = _reader(bootstrap, "runner-bench-floor", topic, partitions)
@@ -262,6 +268,7 @@ def latency_floor(bootstrap: str, topic: str, partitions: int, rate: float, seco
         latencies: list[float] = []
         sent_ms: list[float] = []
         warmups: list[float] = []
+        stamped_by: set[str] = set()
         deadline = time.monotonic() + warmup + seconds + 60
         progress = Progress("latency floor", count)
         while len(latencies) + len(warmups) < count and time.monotonic() < deadline:
@@ -270,6 +277,7 @@ def latency_floor(bootstrap: str, topic: str, partitions: int, rate: float, seco
             for records in consumer.poll(timeout_ms=100).values():
                 now_ms = time.time() * 1000
                 for r in records:
+                    stamped_by.add("broker" if r.timestamp_type == LOG_APPEND_TIME else "producer")
                     if r.timestamp < warmup_until_ms:
                         warmups.append(now_ms - r.timestamp)
                     else:
@@ -280,4 +288,5 @@ def latency_floor(bootstrap: str, topic: str, partitions: int, rate: float, seco
         consumer.close(autocommit=False)
         producer.close()
     return {"rate": rate, "seconds": seconds, "warmup_seconds": warmup, "sent": sent["sent"],
-            **summary_ms(latencies), "p99_by_third_ms": p99_by_third(sent_ms, latencies), "warmup": summary_ms(warmups)}
+            **summary_ms(latencies), "p99_by_third_ms": p99_by_third(sent_ms, latencies), "warmup": summary_ms(warmups),
+            "timestamps": "/".join(sorted(stamped_by)) or None}

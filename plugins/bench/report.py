@@ -111,6 +111,7 @@ def table(results: dict) -> str:
             f"{lat['achieved_rate'] or 0:,.0f}/s")
     low = results.get("latency_floor")
     if low:
+        add("latency: measured from each record's timestamp, set by", _stamped_by(low["timestamps"]))
         add(f"latency floor: kafka-python alone at {low['rate']:g}/s for {low['seconds']:g} s "
             f"after {low['warmup_seconds']:g} s: p50 / p99 / max", _latencies(low))
         add(f"latency floor: p99 of the records sent in each third of the {low['seconds']:g} s", _thirds(low))
@@ -138,6 +139,12 @@ def _latencies(figures: dict) -> str:
     if not figures["count"]:
         return "none measured"
     return f"{figures['p50_ms']:.1f} / {figures['p99_ms']:.1f} / {figures['max_ms']:.1f} ms"
+
+
+def _stamped_by(timestamps: str | None) -> str:
+    return {"broker": "the broker as it appended the record (LogAppendTime)",
+            "producer": "the producer as it sent the record, its linger included (the broker kept it)",
+            }.get(timestamps, f"{timestamps or 'no record'}: the broker for some, the producer for others")
 
 
 def _thirds(figures: dict) -> str:
