@@ -15,7 +15,7 @@ $(BIN)/runner: setup.cfg pyproject.toml
 # and these machines): compiled here, a start of the runner or of a helper process imports
 # the project's modules without compiling them (0.36 s against 0.43 for all of them).
 install: $(BIN)/runner
-	@$(BIN)/python -m compileall -q runner plugins
+	-@$(BIN)/python -m compileall -q runner plugins
 
 # The embedded broker, synthetic clicks (a few bad ones) and the fault-tolerant pipeline.
 demo: install
@@ -31,3 +31,4 @@ bench: install
 
 clean:
 	rm -rf $(VENV) state_store output .pytest_cache
+	find runner plugins tests -name __pycache__ -prune -exec rm -rf {} +

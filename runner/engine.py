@@ -86,7 +86,7 @@ class Runner:
         self.stop_requested = False
         self.signalled: int | None = None  # the signal (SIGINT, SIGTERM) that asked for the stop, if one did
         self._pkeys: dict = {}
-        self._delivered: set[str] = set()  # partitions processed since the last ``_idle``
+        self._partitions_seen: set[str] = set()  # processed since the last ``_idle`` (unbounded runs)
         self.processed = 0
         # observer.on_checkpoint(number, commit_ms, write, batches) once each checkpoint is on
         # disk (see Checkpoint.on_durable), with batches = [(time.time() the source's poll
@@ -134,7 +134,10 @@ class Runner:
         for name, sink in self.sinks.items():
             sink.open(sink_states.get(name))
         outbox = self.store.outbox()
-        if not outbox:  # a sink with no committed state has nothing of ours to find
+        # With the outbox empty, no output waits for a confirmation: a sink that never
+        # committed a state has nothing of ours to find (a full outbox may hold outputs
+        # delivered before a sink's first confirmation)
+        if not outbox:
             for name, sink in self.sinks.items():
                 if sink_states.get(name) is None:
                     sink_states[name] = sink.fresh_start()
@@ -297,13 +300,13 @@ class Runner:
         return name
 
     def _process(self, records) -> None:
-        emit, positions, max_bytes, delivered = self.emit, self.positions, self.max_bytes, self._delivered
+        emit, positions, max_bytes, seen = self.emit, self.positions, self.max_bytes, self._partitions_seen
         events = []
         last_topic = last_partition = name = None
         for r in records:
             if r.partition != last_partition or r.topic != last_topic:  # records come in runs per partition
                 last_topic, last_partition, name = r.topic, r.partition, self._partition(r)
-                delivered.add(name)
+                seen.add(name)
             positions[name] = r.offset + 1
             if r.value is NO_RECORD:
                 continue
@@ -333,9 +336,9 @@ class Runner:
                 proc.advance(watermark)
 
     def _idle(self, now: float) -> None:
-        if self._delivered:
-            self.tracker.seen(self._delivered, now)
-            self._delivered.clear()
+        if self._partitions_seen:
+            self.tracker.seen(self._partitions_seen, now)
+            self._partitions_seen.clear()
         self.tracker.update_idle(self.source.caught_up, now)
         self._advance(self.tracker.recompute())
 

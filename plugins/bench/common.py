@@ -53,36 +53,53 @@ class Observer:
         self.records += sum(len(stamps) for _, _, stamps in batches)
 
 
+class Latencies:
+    """Latencies (ms) of records by their timestamps: those stamped before ``warmup_until_ms``
+    (the phase's start-up) apart, the others with their stamps (for ``p99_by_third``)."""
+
+    def __init__(self):
+        self.values: list[float] = []
+        self.stamps_ms: list[float] = []
+        self.warmup: list[float] = []
+        self.warmup_until_ms = -math.inf  # set when the load starts
+
+    def __len__(self) -> int:
+        return len(self.values) + len(self.warmup)
+
+    def add(self, stamp_ms: float, latency_ms: float) -> bool:
+        """Count one record's latency; True when it is measured (not in the warm-up)."""
+        if stamp_ms < self.warmup_until_ms:
+            self.warmup.append(latency_ms)
+            return False
+        self.values.append(latency_ms)
+        self.stamps_ms.append(stamp_ms)
+        return True
+
+    def summary(self) -> dict:
+        return {**summary_ms(self.values), "p99_by_third_ms": p99_by_third(self.stamps_ms, self.values),
+                "warmup": summary_ms(self.warmup)}
+
+
 class LatencyObserver(Observer):
     """Also: per record, the wall time its checkpoint was on disk minus the record's timestamp
-    (ms), the part of it in the runner (from its source's poll on), and the part between its
-    source's fetch and that poll (the source's ``fetched_at``: for Kafka, the wait in the pipe
-    from the reader process while the runner was busy); records stamped before
-    ``warmup_until_ms`` apart; a ``Progress`` line out of ``expected`` records."""
+    (``latencies``), the part of it in the runner (from its source's poll on), and the part
+    between its source's fetch and that poll (the source's ``fetched_at``: for Kafka, the wait
+    in the pipe from the reader process while the runner was busy); a ``Progress`` line out of
+    ``expected`` records."""
 
     def __init__(self, expected: int):
         super().__init__()
-        self.latencies: list[float] = []
-        self.sent_ms: list[float] = []  # each measured record's timestamp, beside its latency
+        self.latencies = Latencies()
         self.in_runner: list[float] = []
         self.fetched_to_polled: list[float] = []
-        self.warmup: list[float] = []
-        self.warmup_until_ms = -math.inf  # set when the load starts
         self.progress = Progress("latency", expected)
 
     def on_checkpoint(self, number: int, commit_ms: float, write, batches: list) -> None:
         synced_ms = (time.time() if write is None else write[1]) * 1000
         super().on_checkpoint(number, commit_ms, write, batches)
-        warmup_until = self.warmup_until_ms
         for polled_at, fetched_at, stamps in batches:
             for ts in stamps:
-                if ts is None:
-                    continue
-                if ts < warmup_until:
-                    self.warmup.append(synced_ms - ts)
-                else:
-                    self.latencies.append(synced_ms - ts)
-                    self.sent_ms.append(ts)
+                if ts is not None and self.latencies.add(ts, synced_ms - ts):
                     self.in_runner.append(synced_ms - polled_at * 1000)
                     if fetched_at is not None:
                         self.fetched_to_polled.append((polled_at - fetched_at) * 1000)
@@ -119,16 +136,17 @@ def summary_ms(values) -> dict:
             "max_ms": max(values) if values else None}
 
 
-def p99_by_third(sent_ms: list[float], latencies: list[float]) -> list[float | None]:
-    """The p99 of the latencies of records sent in each third of the time from the first send
-    to the last (``sent_ms[i]`` is when the record of ``latencies[i]`` was sent): whether the
-    latency grows over a phase (the embedded broker's fetches slow as its partitions fill)."""
-    if not sent_ms:
+def p99_by_third(stamps_ms: list[float], latencies: list[float]) -> list[float | None]:
+    """The p99 of the latencies of records stamped in each third of the time from the first
+    stamp to the last (``stamps_ms[i]`` is the timestamp of the record of ``latencies[i]``):
+    whether the latency grows over a phase (the embedded broker's fetches slow as its
+    partitions fill)."""
+    if not stamps_ms:
         return [None, None, None]
-    first, span = min(sent_ms), (max(sent_ms) - min(sent_ms)) or 1.0
+    first, span = min(stamps_ms), (max(stamps_ms) - min(stamps_ms)) or 1.0
     thirds: list[list[float]] = [[], [], []]
-    for sent, latency in zip(sent_ms, latencies):
-        thirds[min(2, int(3 * (sent - first) / span))].append(latency)
+    for stamp, latency in zip(stamps_ms, latencies):
+        thirds[min(2, int(3 * (stamp - first) / span))].append(latency)
     return [percentile(third, 99) for third in thirds]
 
 

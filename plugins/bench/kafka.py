@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from plugins import broker
 from plugins import kafka_common as kc
-from plugins.bench.common import Progress, p99_by_third, say, stop_if_interrupted, summary_ms
+from plugins.bench.common import Latencies, Progress, say, stop_if_interrupted
 from plugins.clickstream import DEFAULT_START_MS, ClickGenerator
 from runner.components import RunnerError
 
@@ -211,13 +211,14 @@ print(json.dumps({"sent": count, "send_seconds": seconds}), flush=True)
 
 class SteadyProducer:
     """``count`` clicks to ``topic`` at ``rate`` per second from another process, once ``go`` is
-    called; each record's timestamp is its send time."""
+    called; each record's timestamp is its send time (a topic with LogAppendTime replaces it
+    with the broker's)."""
 
     # librdkafka's default, and the Java client's since Kafka 4.0 (KIP-1030). With 2 ms (more,
     # smaller batches) the embedded broker's fetches slowed as its topic filled (Tansu's memory
     # store lists every batch of a partition at each fetch): kafka-python alone at 5,000/s over
-    # 30 s had p99 120 ms, against 30 ms at 5 ms and 28 ms at 10 ms. The linger is part of
-    # every latency measured: a record's timestamp is its send time.
+    # 30 s had p99 120 ms, against 30 ms at 5 ms and 28 ms at 10 ms. Where the broker keeps
+    # the producer's timestamp, the linger is part of every latency measured.
     LINGER_MS = 5
 
     def __init__(self, bootstrap: str, topic: str, rate: float, count: int):
@@ -263,30 +264,23 @@ def latency_floor(bootstrap: str, topic: str, partitions: int, rate: float, seco
     consumer, tps = _reader(bootstrap, "runner-bench-floor", topic, partitions)
     try:
         consumer.poll(timeout_ms=100)  # connected and positioned before the first send
-        warmup_until_ms = (time.time() + warmup) * 1000
+        latencies = Latencies()
+        latencies.warmup_until_ms = (time.time() + warmup) * 1000
         producer.go()
-        latencies: list[float] = []
-        sent_ms: list[float] = []
-        warmups: list[float] = []
         stamped_by: set[str] = set()
         deadline = time.monotonic() + warmup + seconds + 60
         progress = Progress("latency floor", count)
-        while len(latencies) + len(warmups) < count and time.monotonic() < deadline:
+        while len(latencies) < count and time.monotonic() < deadline:
             stop_if_interrupted()
-            progress.show(len(latencies) + len(warmups))
+            progress.show(len(latencies))
             for records in consumer.poll(timeout_ms=100).values():
                 now_ms = time.time() * 1000
                 for r in records:
                     stamped_by.add("broker" if r.timestamp_type == LOG_APPEND_TIME else "producer")
-                    if r.timestamp < warmup_until_ms:
-                        warmups.append(now_ms - r.timestamp)
-                    else:
-                        latencies.append(now_ms - r.timestamp)
-                        sent_ms.append(r.timestamp)
+                    latencies.add(r.timestamp, now_ms - r.timestamp)
         sent = producer.wait()
     finally:
         consumer.close(autocommit=False)
         producer.close()
     return {"rate": rate, "seconds": seconds, "warmup_seconds": warmup, "sent": sent["sent"],
-            **summary_ms(latencies), "p99_by_third_ms": p99_by_third(sent_ms, latencies), "warmup": summary_ms(warmups),
-            "timestamps": "/".join(sorted(stamped_by)) or None}
+            **latencies.summary(), "timestamps": "/".join(sorted(stamped_by)) or None}

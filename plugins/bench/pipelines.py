@@ -14,8 +14,7 @@ import yaml
 
 from plugins.bench import kafka as bk
 from plugins.bench.common import (INTERRUPTED, Helpers, Interrupted, LatencyObserver, Observer, QuietLog,
-                                  ThreadTime, p99_by_third, peak_rss_mib, reset_peak_rss, say, stop_if_interrupted,
-                                  summary_ms)
+                                  ThreadTime, peak_rss_mib, reset_peak_rss, say, stop_if_interrupted, summary_ms)
 from runner import config
 from runner.components import RunnerError
 from runner.dump import dump_state
@@ -214,7 +213,7 @@ def latency(pipeline, cluster: bk.Cluster, topic: str, rate: float, seconds: flo
     watcher = threading.Thread(target=watch, name="bench-latency-watch", daemon=True)
 
     def opened():  # the runner's first log line: it has opened its source
-        observer.warmup_until_ms = (time.time() + warmup) * 1000
+        observer.latencies.warmup_until_ms = (time.time() + warmup) * 1000
         producer.go()
         watcher.start()
 
@@ -230,9 +229,8 @@ def latency(pipeline, cluster: bk.Cluster, topic: str, rate: float, seconds: flo
         "pipeline": name, "rate": rate, "seconds": seconds, "warmup_seconds": warmup, "sent": sent["sent"],
         "achieved_rate": sent["sent"] / sent["send_seconds"] if sent["send_seconds"] else None,
         "checkpoints": len(observer.commit_ms), "producer_linger_ms": producer.LINGER_MS,
-        **summary_ms(observer.latencies), "p99_by_third_ms": p99_by_third(observer.sent_ms, observer.latencies),
+        **observer.latencies.summary(),
         "in_runner": summary_ms(observer.in_runner), "fetched_to_polled": summary_ms(observer.fetched_to_polled),
-        "warmup": summary_ms(observer.warmup),
     }
     unmeasured = result["sent"] - result["count"] - result["warmup"]["count"]
     say(f"latency: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, max {result['max_ms']:.1f} ms; "

@@ -142,9 +142,11 @@ def _latencies(figures: dict) -> str:
 
 
 def _stamped_by(timestamps: str | None) -> str:
+    if timestamps is None:
+        return "- (no record came)"
     return {"broker": "the broker as it appended the record (LogAppendTime)",
             "producer": "the producer as it sent the record, its linger included (the broker kept it)",
-            }.get(timestamps, f"{timestamps or 'no record'}: the broker for some, the producer for others")
+            }.get(timestamps, "the broker for some records, the producer for others")
 
 
 def _thirds(figures: dict) -> str:

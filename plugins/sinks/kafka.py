@@ -5,7 +5,7 @@ Each output becomes one record: header ``runner-id`` = the output's id, key = it
 JSON, partitioned by the default partitioner. Before anything unconfirmed is sent (after
 a start, a failed send or a ``recover``), every partition of the topic is read from its
 last confirmed end offset up to its true end, and outputs whose id is found there are
-skipped. The design and its limits are in ``docs/kafka-exactly-once.md``. The records are
+skipped; a start with nothing of ours to find (``fresh_start``) takes the ends instead. The design and its limits are in ``docs/kafka-exactly-once.md``. The records are
 sent by a producer process (``plugins.sinks.kafka_producer``), beside the processing.
 """
 
@@ -44,7 +44,8 @@ class KafkaSink(Sink):
 
     def open(self, state) -> None:
         """Connect, check the topic exists, and take ``state`` ({"topic/partition": confirmed
-        end offset}, None on a first run) as the start of the first read-back.
+        end offset}, None on a first run) as the start of the first read-back (unless
+        ``fresh_start`` follows).
         Raises ``RunnerError`` when no broker answers within 10 s or the topic is missing."""
         self.topic = self.config["topic"]
         self.servers, self.options = self._connection()
@@ -83,7 +84,8 @@ class KafkaSink(Sink):
 
     def deliver(self, outputs: list) -> None:
         """Send every output whose id is not already in the topic; returns before the sends
-        are acknowledged. After a start or a failure, reads the topic back first."""
+        are acknowledged. After a start (but a fresh one) or a failure, reads the topic back
+        first."""
         if self.candidate is not None:  # deliveries after a successful flush: it was committed
             self.base, self.candidate = self.candidate, None
         try:

