@@ -19,6 +19,8 @@ from tests import faults
 
 EVENTS = 40_000  # of two users: two sessions of about 20,000 events each
 MAX_RUNS = 40
+STARTUP_KILLS = 0.25  # the share of runs killed while they start (restore, redeliver)
+KILL_WITHIN = 80  # checkpoints of 100 events: each killed run reads at most 8,000 more
 
 
 def pipeline(workdir: Path, events: Path) -> str:
@@ -39,16 +41,22 @@ def pipeline(workdir: Path, events: Path) -> str:
     )
 
 
-def run_to_the_end(yaml: str, rng: random.Random | None) -> int:
+def run_to_the_end(yaml: str, state: Path, rng: random.Random | None) -> int:
     """Runs of ``--drain`` until one ends by itself; with ``rng``, each is killed at a random
-    moment of its first second (while it starts, or once it has checkpointed). Returns the
-    number of kills."""
+    moment: while it starts, or once it has taken 1 to ``KILL_WITHIN`` checkpoints (a
+    moment found by its progress, not by the clock: on a fast machine a clock's moment
+    came after the run had ended). Returns the number of kills."""
     kills = 0
     for attempt in range(MAX_RUNS):
         run = faults.Runner("run", yaml, "--drain")
         try:
             if rng is not None and attempt < MAX_RUNS - 1:
-                time.sleep(rng.uniform(0.15, 1.0))
+                if rng.random() < STARTUP_KILLS:
+                    time.sleep(rng.uniform(0.05, 0.4))
+                else:
+                    target = faults.stored(state)["checkpoint"] + rng.randint(1, KILL_WITHIN)
+                    faults.wait_until(lambda: not run.alive() or faults.stored(state)["checkpoint"] >= target,
+                                      60, interval=0.01)
                 if run.alive():
                     run.signal(signal.SIGKILL)
                     run.wait(30)
@@ -70,7 +78,7 @@ def test_sigkills_leave_big_state_and_its_results_as_one_clean_run(tmp_path):
         workdir = tmp_path / name
         workdir.mkdir()
         yaml = pipeline(workdir, events)
-        kills = run_to_the_end(yaml, rng)
+        kills = run_to_the_end(yaml, workdir / "state", rng)
         records = faults.jsonl_records(workdir / "results.jsonl")
         results = faults.by_id([(r["id"], r) for r in records])
         assert len(results) == len(records), f"{name}: an output written twice"
