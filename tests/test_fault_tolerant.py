@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import random
 import signal
-import time
 from collections import defaultdict
 
 import pytest
 
 from runner.codec import DecodeError, decode
-from tests import e2e
+from tests import e2e, faults
 
 PIPELINE = "pipelines/fault_tolerant.yaml"
 
@@ -85,10 +84,15 @@ def test_sigkill_many_times_equals_one_clean_run(broker, topic_factory, tmp_path
     # checkpoints five times as often: results must not depend on where batches are cut
     crash = overrides(broker, topic, crash_dlq, tmp_path, "crash") + ["--set", "checkpoint.every_events=20"]
     rng = random.Random(3)
+    state = tmp_path / "crash" / "state"
     kills = 0
     for _ in range(12):
         proc = e2e.start("run", PIPELINE, "--until-end", *crash)
-        time.sleep(rng.uniform(0.5, 1.5))
+        # killed 10 to 300 checkpoints in: a moment found by its progress, as a clock's moment
+        # can come after a fast run has ended
+        target = faults.stored(state)["checkpoint"] + rng.randint(10, 300)
+        faults.wait_until(lambda: proc.poll() is not None or faults.stored(state)["checkpoint"] >= target,
+                          60, interval=0.01)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
