@@ -258,9 +258,9 @@ class Sink(Component):
     def fresh_start(self) -> Any:
         """Called after ``open(None)`` when nothing of this pipeline can be waiting at this
         sink: no state of it was ever committed and the outbox is empty (a first run, a new
-        sink, or a state reset). An exactly-once sink may then skip looking for
-        earlier deliveries. The return value (None: nothing) is committed like ``flush``'s,
-        in the next checkpoint, which is on disk before anything is delivered."""
+        sink, or a state reset). An exactly-once sink may then skip looking for earlier
+        deliveries. The return value (None: nothing) is committed like ``flush``'s, in the
+        next checkpoint, which is on disk before anything is delivered."""
         return None
 
     def deliver(self, outputs: list) -> None:

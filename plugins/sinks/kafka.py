@@ -1,12 +1,13 @@
 """The Kafka sink (and Kafka DLQ): exactly once by reading back, without broker transactions.
 
 Each output becomes one record: header ``runner-id`` = the output's id, key = its key
-(results: compact JSON of the result key; DLQ: the original record key), value = its
-JSON, partitioned by the default partitioner. Before anything unconfirmed is sent (after
-a start, a failed send or a ``recover``), every partition of the topic is read from its
-last confirmed end offset up to its true end, and outputs whose id is found there are
-skipped; a start with nothing of ours to find (``fresh_start``) takes the ends instead. The design and its limits are in ``docs/kafka-exactly-once.md``. The records are
-sent by a producer process (``plugins.sinks.kafka_producer``), beside the processing.
+(results: compact JSON of the result key; DLQ: the original record key), value = its JSON,
+partitioned by the default partitioner. Before anything unconfirmed is sent (after a start,
+a failed send or a ``recover``), every partition of the topic is read from its last
+confirmed end offset up to its true end, and outputs whose id is found there are skipped; a
+start with nothing of ours to find (``fresh_start``) takes the ends instead. The design and
+its limits are in ``docs/kafka-exactly-once.md``. The records are sent by a producer process
+(``plugins.sinks.kafka_producer``), beside the processing.
 """
 
 from __future__ import annotations
