@@ -347,6 +347,21 @@ def kafka_records(broker: str, topic: str) -> list[tuple[str, dict]]:
     return out
 
 
+def written_by_another(servers: str, topic: str, outputs: list) -> None:
+    """``outputs`` (``runner.outputs.Output``) in ``topic``, written and confirmed by a Kafka
+    sink of another pipeline, since closed."""
+    from plugins.sinks.kafka import KafkaSink
+    from runner.components import Context
+
+    other = KafkaSink({"topic": topic, "bootstrap_servers": servers, "options": {}}, Context("other", "out", {}))
+    other.open(None)
+    try:
+        other.deliver(outputs)
+        other.flush()
+    finally:
+        other.close()
+
+
 def pg_rows(dsn: str, table: str) -> list[tuple[str, dict]]:
     """(id, record) of every row of ``table``; [] when it does not exist."""
     import psycopg
@@ -402,8 +417,19 @@ def write_pipeline(path: str | os.PathLike, settings: dict) -> str:
 def file_pipeline(workdir: Path, events: Path, topic: str, **settings) -> str:
     """``workdir/pipeline.yaml``: ``events`` read as ``topic``, the state and a JSONL DLQ in
     ``workdir``, and ``settings`` (name, stages, sinks, checkpoint...) as they are."""
+    return _pipeline(workdir, {"type": "file", "path": str(events), "topic": topic}, settings)
+
+
+def kafka_pipeline(workdir: Path, servers: str, topic: str, source: dict | None = None, **settings) -> str:
+    """As ``file_pipeline``, reading ``topic`` from Kafka at ``servers`` (``source``: more of
+    the source's keys)."""
+    return _pipeline(workdir, {"type": "kafka", "topics": [topic], "bootstrap_servers": servers, **(source or {})},
+                     settings)
+
+
+def _pipeline(workdir: Path, source: dict, settings: dict) -> str:
     return write_pipeline(workdir / "pipeline.yaml", {
-        "source": {"type": "file", "path": str(events), "topic": topic},
+        "source": source,
         "state": {"path": str(workdir / "state")},
         "dlq": {"type": "jsonl", "path": str(workdir / "dlq.jsonl")},
         **settings,

@@ -75,17 +75,13 @@ def pg_proxy():
 
 # --- the broker stops ---------------------------------------------------------------------------
 def kafka_pipeline(workdir: Path, servers: str) -> str:
-    return faults.write_pipeline(workdir / "pipeline.yaml", {
-        "name": "broker_faults",
-        "source": {"type": "kafka", "topics": [TOPIC], "bootstrap_servers": servers, "auto_offset_reset": "earliest"},
-        "state": {"path": str(workdir / "state")},
-        "checkpoint": {"every_events": 50, "every_ms": 100},
-        "dlq": {"type": "jsonl", "path": str(workdir / "dlq.jsonl")},
-        "stages": [{"type": "validate"},
-                   {"type": "aggregate", "name": "page_stats", "key_by": "page_url",
-                    "aggregations": {"views": "count"}}],
-        "sinks": [{"type": "jsonl", "path": str(workdir / "results.jsonl")}],
-    })
+    return faults.kafka_pipeline(
+        workdir, servers, TOPIC, source={"auto_offset_reset": "earliest"}, name="broker_faults",
+        checkpoint={"every_events": 50, "every_ms": 100},
+        stages=[{"type": "validate"},
+                {"type": "aggregate", "name": "page_stats", "key_by": "page_url", "aggregations": {"views": "count"}}],
+        sinks=[{"type": "jsonl", "path": str(workdir / "results.jsonl")}],
+    )
 
 
 def views(state: dict) -> int:

@@ -32,17 +32,18 @@ class Validate(Stage):
 
     @classmethod
     def lint(cls, config):
+        path = schema_path(config)
         try:
-            compile_schema(load_schema(config.get("schema") or DEFAULT_SCHEMA))
+            compile_schema(load_schema(path))
         except SchemaFileError as exc:
             return [(("schema",), str(exc))]
         except ValueError as exc:  # jsonschema-rs: the file is JSON but not a JSON Schema
-            return [(("schema",), f"{config['schema']} is not a JSON Schema: {str(exc).splitlines()[0]}")]
+            return [(("schema",), f"{path} is not a JSON Schema: {str(exc).splitlines()[0]}")]
         return []
 
     def __init__(self, config, context):
         super().__init__(config, context)
-        self.schema = load_schema(config.get("schema") or DEFAULT_SCHEMA)
+        self.schema = load_schema(schema_path(config))
         props = self.schema.get("properties", {})
         self.fields = {name: i for i, name in enumerate(props)}
         self.required = set(self.schema.get("required", ()))
@@ -61,6 +62,11 @@ class Validate(Stage):
 
 class SchemaFileError(ValueError):
     """A schema file that cannot be read as JSON; the message says why."""
+
+
+def schema_path(config) -> str | Path:
+    """The stage's schema file: its ``schema``, or the click event schema."""
+    return config.get("schema") or DEFAULT_SCHEMA
 
 
 def load_schema(path) -> dict:

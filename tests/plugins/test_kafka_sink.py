@@ -14,6 +14,7 @@ from plugins import kafka_common as kc
 from plugins.sinks.kafka import KafkaSink
 from runner.components import Context, RunnerError
 from runner.outputs import Output
+from tests import faults
 
 
 def make_sink(servers: str, topic: str, state=None, source_servers: str | None = None, **config) -> KafkaSink:
@@ -109,10 +110,7 @@ def test_a_first_run_reads_the_topic_from_the_start(broker, topic_factory):
 
 def test_a_fresh_start_takes_the_ends_and_reads_nothing_back(broker, topic_factory):
     topic = topic_factory(1)
-    other = make_sink(broker, topic)  # another writer's records, ids like ours among them
-    other.deliver(outputs(range(5)))
-    other.flush()
-    other.close()
+    faults.written_by_another(broker, topic, outputs(range(5)))  # ids like ours among them
     fresh = make_sink(broker, topic, state=None)
     try:
         assert fresh.fresh_start() == {f"{topic}/0": 5}
@@ -127,10 +125,7 @@ def test_a_fresh_start_takes_the_ends_and_reads_nothing_back(broker, topic_facto
 def test_a_fresh_start_without_the_ends_leaves_the_read_back_to_the_first_delivery(broker, topic_factory,
                                                                                      monkeypatch):
     topic = topic_factory(1)
-    other = make_sink(broker, topic)
-    other.deliver(outputs(range(3)))
-    other.flush()
-    other.close()
+    faults.written_by_another(broker, topic, outputs(range(3)))
     fresh = make_sink(broker, topic, state=None)
     try:
         def no_answer():

@@ -16,7 +16,6 @@ from kafka import KafkaProducer
 
 from plugins.sinks.kafka import KafkaSink
 from runner import checkpoint, config
-from runner.components import Context
 from runner.engine import GC_THRESHOLDS, Runner
 from runner.outputs import Output
 from tests import e2e, faults
@@ -43,19 +42,15 @@ class Checkpoints:
 def test_when_quiet_commits_what_was_read_once_nothing_more_is_ready(broker, topic_factory, tmp_path, when_quiet):
     topic = topic_factory(1)
     e2e.produce(broker, topic, RECORDS, bad_ratio=0)
-    path = tmp_path / "quiet.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "quiet",
-        "source": {"type": "kafka", "topics": [topic], "bootstrap_servers": broker},
-        "state": {"path": str(tmp_path / "state")},
+    path = faults.kafka_pipeline(
+        tmp_path, broker, topic, name="quiet",
         # neither count nor timer can trigger a checkpoint before the stop
-        "checkpoint": {"every_events": 1000, "every_ms": 0, "when_quiet": when_quiet},
-        "dlq": {"type": "jsonl", "path": str(tmp_path / "dlq.jsonl")},
-        "stages": [{"type": "aggregate", "name": "views", "key_by": "page_url", "aggregations": {"views": "count"}}],
-        "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
-    }))
+        checkpoint={"every_events": 1000, "every_ms": 0, "when_quiet": when_quiet},
+        stages=[{"type": "aggregate", "name": "views", "key_by": "page_url", "aggregations": {"views": "count"}}],
+        sinks=[{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
+    )
     observer = Checkpoints()
-    runner = Runner(config.load(str(path)), log=lambda *a, **k: None, observer=observer)
+    runner = Runner(config.load(path), log=lambda *a, **k: None, observer=observer)
     asked = []
 
     def stop_once_all_read():
@@ -87,11 +82,7 @@ def test_a_first_run_killed_after_delivering_writes_nothing_twice(broker, topic_
     those ends (a probe that failed, or a state of a runner before ``fresh_start``), the
     restart finds the outbox full and reads the topic back rather than taking the ends anew."""
     dlq = topic_factory(1)
-    other = KafkaSink({"topic": dlq, "bootstrap_servers": broker, "options": {}}, Context("other", "dlq", {}))
-    other.open(None)
-    other.deliver([Output(f"other/{i}", "dlq", "other", None, b"{}", None) for i in range(50)])
-    other.flush()
-    other.close()
+    faults.written_by_another(broker, dlq, [Output(f"other/{i}", "dlq", "other", None, b"{}", None) for i in range(50)])
     events = tmp_path / "events.jsonl"
     events.write_text("".join(f"not json {i}\n" for i in range(20)))  # 20 dead letters
     path = faults.file_pipeline(tmp_path, events, "in", name="fresh", checkpoint={"every_events": 5},
@@ -123,17 +114,13 @@ def test_partitions_that_keep_delivering_are_never_left_out_as_idle(broker, topi
     where it was after 1 s and the later 1-minute windows would not close while running."""
     topic = topic_factory(2)
     start = 1795507200000
-    path = tmp_path / "idle.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "idle",
-        "source": {"type": "kafka", "topics": [topic], "bootstrap_servers": broker},
-        "state": {"path": str(tmp_path / "state")},
-        "event_time": {"field": "timestamp", "grace": "0s", "idle_timeout": "1s", "late": "dlq"},
-        "dlq": {"type": "jsonl", "path": str(tmp_path / "dlq.jsonl")},
-        "stages": [{"type": "tumbling_window", "name": "w", "size": "1m", "aggregations": {"n": "count"}}],
-        "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
-    }))
-    runner = Runner(config.load(str(path)), log=lambda *a, **k: None)
+    path = faults.kafka_pipeline(
+        tmp_path, broker, topic, name="idle",
+        event_time={"field": "timestamp", "grace": "0s", "idle_timeout": "1s", "late": "dlq"},
+        stages=[{"type": "tumbling_window", "name": "w", "size": "1m", "aggregations": {"n": "count"}}],
+        sinks=[{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
+    )
+    runner = Runner(config.load(path), log=lambda *a, **k: None)
     producer = KafkaProducer(bootstrap_servers=broker)
 
     def feed_then_stop():
