@@ -19,7 +19,11 @@ _RFC3339 = re.compile(
 )
 _EPOCH = _dt.datetime(1970, 1, 1)
 _day_cache: dict[str, int] = {}
-_minute_cache: dict[str, int] = {}  # "2026-11-24T08:00:" -> its epoch ms, from texts the pattern matched
+# "2026-11-24T08:00:" -> its epoch ms, from texts the pattern matched (from 1970 on: every
+# time in a minute of the cache is in range)
+_minute_cache: dict[str, int] = {}
+_SECOND_MS = {f"{s:02d}": s * 1000 for s in range(60)}
+_MILLIS = {f"{ms:03d}": ms for ms in range(1000)}
 
 
 def duration_ms(value) -> int:
@@ -55,6 +59,13 @@ class WrongTimeType(InvalidTime):
 def parse_event_time(value) -> int:
     """An event time as epoch ms: an RFC 3339 string (with offset; fraction truncated toward
     the past to ms) or a JSON number with an integral value, within 1970..9999."""
+    if value.__class__ is str and len(value) == 24 and value[19] == "." and value[23] == "Z":
+        # the usual form, 2026-11-24T08:00:00.000Z, with a minute seen before: three lookups,
+        # which also check that seconds and ms are ASCII digits in range
+        minute = _minute_cache.get(value[:17])
+        seconds, millis = _SECOND_MS.get(value[17:19]), _MILLIS.get(value[20:23])
+        if minute is not None and seconds is not None and millis is not None:
+            return minute + seconds + millis
     if isinstance(value, str):
         ms = _parse_rfc3339(value)
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -69,13 +80,6 @@ def parse_event_time(value) -> int:
 
 
 def _parse_rfc3339(text: str) -> int:
-    # the usual form, 2026-11-24T08:00:00.000Z: its minute is looked up, seconds and ms read off
-    if len(text) == 24:
-        minute = _minute_cache.get(text[:17])
-        if minute is not None and text[19] == "." and text[23] == "Z":
-            seconds, ms = text[17:19], text[20:23]
-            if seconds.isascii() and seconds.isdigit() and ms.isascii() and ms.isdigit() and seconds < "60":
-                return minute + int(seconds) * 1000 + int(ms)
     match = _RFC3339.fullmatch(text)
     if not match:
         if text.isascii() and text.isdigit():
@@ -95,7 +99,7 @@ def _parse_rfc3339(text: str) -> int:
     if h > 23 or m > 59 or s > 59:
         raise InvalidTime(f"{text!r} has no such time of day")
     ms = ((days * 24 + h) * 60 + m) * 60_000 + s * 1000
-    if len(text) == 24 and zulu == "Z" and len(_minute_cache) < 100_000:
+    if len(text) == 24 and zulu == "Z" and ms >= MIN_MS and len(_minute_cache) < 100_000:
         _minute_cache[text[:17]] = ms - s * 1000
     if frac:
         ms += int((frac + "00")[:3])

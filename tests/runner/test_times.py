@@ -39,3 +39,9 @@ def test_the_usual_form_is_read_to_the_millisecond():
     assert uncached(USUAL) == parsed(USUAL) == 1795507217123
     assert parsed("2026-11-24T08:00:59.999Z") == 1795507259999
     assert parsed("2026-11-24T08:00:60.000Z")[0] is InvalidTime
+
+
+def test_a_time_before_1970_is_refused_however_often_it_is_read():
+    first = uncached("1969-12-31T23:59:58.000Z")
+    assert first[0] is InvalidTime
+    assert parsed("1969-12-31T23:59:59.999Z")[0] is InvalidTime
