@@ -25,7 +25,7 @@ class Checkpoint:
     """
 
     def __init__(self, store: Store, sinks: dict, result_sinks: tuple, number: int, next_seq: int,
-                 should_stop=lambda: False, log=print):
+                 should_stop=lambda: False, log=print, output_closed=lambda: None):
         self.store = store
         self.sinks = sinks
         self.result_sinks = result_sinks  # where a result without ``to:`` goes
@@ -34,6 +34,9 @@ class Checkpoint:
         self.next_seq = next_seq
         self.should_stop = should_stop
         self.log = log
+        # called when a sink raises BrokenPipeError: its reader is gone (``runner run ... |
+        # head``), for good; the runner stops as SIGTERM stops it
+        self.output_closed = output_closed
         self.sink_states: dict = {}
         self.unconfirmed: list[tuple[int, Output]] = []  # handed to sinks, not yet flushed
         self.last_ms = 0.0  # the processing thread's time in the last commit
@@ -108,6 +111,8 @@ class Checkpoint:
         self.in_sink = True
         try:
             self._hand_over(items)
+        except BrokenPipeError:
+            self.output_closed()
         except Exception as exc:  # confirmed (with retries) in step 1 of the next checkpoint
             self.log(f"[SINK] delivery failed ({exc}); retrying at the next checkpoint", file=sys.stderr)
         finally:
@@ -161,6 +166,9 @@ class Checkpoint:
                 try:
                     self.sink_states[name] = self.sinks[name].flush()
                     failing.remove(name)
+                except BrokenPipeError as exc:
+                    failure = failure or exc
+                    self.output_closed()
                 except Exception as exc:
                     failure = failure or exc
             if not failing:

@@ -8,6 +8,7 @@ import sys
 
 from runner import config, plugins
 from runner.components import ConfigError, RunnerError
+from runner.display import silence_stdout
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # standard output's reader is gone (runner plugins | head)
+        silence_stdout()
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:

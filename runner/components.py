@@ -266,7 +266,9 @@ class Sink(Component):
     def deliver(self, outputs: list) -> None:
         """Hand over ``runner.outputs.Output`` objects; may return before they are
         durable. After it raised, the next ``flush`` must raise too: the runner learns
-        only from ``flush`` that outputs must be delivered again."""
+        only from ``flush`` that outputs must be delivered again. ``BrokenPipeError``
+        (here, from ``flush`` or from ``display``) says the reader is gone for good: the
+        runner then stops cleanly, as on SIGTERM, instead of retrying."""
         raise NotImplementedError
 
     def flush(self) -> Any:

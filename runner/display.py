@@ -9,7 +9,9 @@ the shapes results have: ``{window_start:hm}`` (08:10), ``{duration_s:minutes}``
 
 from __future__ import annotations
 
+import os
 import string
+import sys
 
 
 def _pairs(value) -> list:
@@ -62,3 +64,13 @@ class _Fields(dict):
 
 def template_schema(description: str) -> dict:
     return {"type": ["string", "null"], "default": None, "description": description}
+
+
+def silence_stdout() -> None:
+    """Point standard output at /dev/null once its reader is gone (``runner run ... | head``):
+    every later print, Python's last flush at exit included, would fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)

@@ -143,7 +143,8 @@ class Runner:
                     sink_states[name] = sink.fresh_start()
         next_seq = outbox[-1][0] + 1 if outbox else 0
         self.checkpoint = Checkpoint(self.store, self.sinks, tuple(d["name"] for d in s["sinks"]), number,
-                                     next_seq, should_stop=lambda: self.stop_requested, log=self.log)
+                                     next_seq, should_stop=lambda: self.stop_requested, log=self.log,
+                                     output_closed=self._output_closed)
         self.checkpoint.sink_states = dict(sink_states)
         if self.observer is not None:
             self.checkpoint.on_durable = self._durable
@@ -186,8 +187,10 @@ class Runner:
                 self._loop()
                 self._finish()
             except Stopped:
-                self.log(f"[{self.settings['name']}] stopped while a sink was not confirming: its outputs "
-                         f"stay in the outbox and are delivered at the next start", file=sys.stderr)
+                kept = ("stay in the outbox and are delivered at the next start" if self.store.persistent
+                        else "are dropped with the in-memory state")
+                self.log(f"[{self.settings['name']}] stopped while a sink was not confirming: its outputs {kept}",
+                         file=sys.stderr)
             except BaseException:
                 self._abort()
                 raise
@@ -376,7 +379,18 @@ class Runner:
         lines = [line for proc in self.processors for line in proc.report()] if displays else []
         if lines:
             for sink in displays:
-                sink.display(lines)
+                try:
+                    sink.display(lines)
+                except BrokenPipeError:
+                    self._output_closed()
+
+    def _output_closed(self) -> None:
+        """A sink's reader is gone for good (``runner run ... | head``): stop cleanly, as
+        SIGPIPE would stop a command, but with the checkpoint a SIGTERM stop takes."""
+        if not self.stop_requested:
+            self.stop_requested = True
+            self.log(f"[{self.settings['name']}] a sink's output was closed by its reader: stopping",
+                     file=sys.stderr)
 
     def _abort(self) -> None:
         """Leave without a checkpoint, as a crash would: the last checkpoint stands. What was

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import sys
+import errno
 import time
 
 from runner import hookimpl
 from runner.components import Sink
+from runner.display import silence_stdout
 from runner.schema import obj
 
 
@@ -15,7 +16,9 @@ class ConsoleSink(Sink):
     the display lines of stages and dead letters. Not exactly once: after a crash, outputs
     that were in the outbox are printed again. Results are always shown; display lines at
     most ``max_lines_per_s`` a second, the rest counted, so a burst of bad input cannot
-    bury them."""
+    bury them. Once standard output's reader is gone (``runner run ... | head``) it raises
+    ``BrokenPipeError``, on which the runner stops cleanly; outputs it could not show stay
+    in the outbox."""
 
     type = "console"
     shows_display = True
@@ -30,6 +33,7 @@ class ConsoleSink(Sink):
         self.second = 0
         self.shown = 0
         self.hidden = 0
+        self.closed = False  # standard output's reader is gone
 
     def deliver(self, outputs):
         formatters = self.context.formatters
@@ -38,20 +42,38 @@ class ConsoleSink(Sink):
             formatter = formatters.get(out.stage)
             line = formatter(out.data()) if formatter else None
             lines.append(line or out.value.decode())
-        print("\n".join(lines), flush=True)
+        self._show(lines)
+
+    def flush(self):
+        if self.closed:  # outputs delivered since were not shown
+            raise BrokenPipeError(errno.EPIPE, "standard output was closed by its reader")
+        return None
 
     def display(self, lines):
+        if self.closed:
+            return
         now = int(time.monotonic())
+        shown = []
         if now != self.second:
             if self.hidden:
-                print(f"... {self.hidden} more display lines not shown (over max_lines_per_s)")
+                shown.append(f"... {self.hidden} more display lines not shown (over max_lines_per_s)")
             self.second, self.shown, self.hidden = now, 0, 0
         room = max(0, self.budget - self.shown)
-        for line in lines[:room]:
-            print(line)
+        shown += lines[:room]
         self.shown += min(room, len(lines))
         self.hidden += max(0, len(lines) - room)
-        sys.stdout.flush()
+        if shown:
+            self._show(shown)
+
+    def _show(self, lines: list[str]) -> None:
+        if self.closed:
+            raise BrokenPipeError(errno.EPIPE, "standard output was closed by its reader")
+        try:
+            print("\n".join(lines), flush=True)
+        except BrokenPipeError:
+            self.closed = True
+            silence_stdout()
+            raise
 
 
 @hookimpl

@@ -154,3 +154,18 @@ def test_a_session_stage_without_key_by_is_refused_with_the_line(workdir, capsys
     assert main(["validate", path]) == 2
     err = capsys.readouterr().err
     assert ":8: stages[1]: missing required key \"key_by\"" in err, err
+
+
+def test_a_listing_whose_reader_is_gone_ends_without_a_traceback():
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "plugins"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before it prints: as `runner plugins | head -0` does
+    try:
+        errors = proc.stderr.read().decode()
+        assert proc.wait(timeout=30) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert errors == ""
