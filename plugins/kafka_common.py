@@ -98,10 +98,11 @@ def _connect(factory, servers: str, settings: dict):
         raise no_broker(servers, settings) from None
 
 
-def consumer(servers: str, options: dict, client_id: str, **settings) -> KafkaConsumer:
-    """A consumer outside any group (partitions are assigned by hand, offsets never committed)."""
+def consumer(servers: str, options: dict, client_id: str, fixed: dict | None = None, **settings) -> KafkaConsumer:
+    """A consumer outside any group (partitions are assigned by hand, offsets never committed):
+    ``settings`` are defaults a user's ``options`` may change, ``fixed`` what they may not."""
     merged = client_settings(KafkaConsumer, servers, options, {**_CONSUMER, **settings}, client_id=client_id,
-                             group_id=None, enable_auto_commit=False)
+                             group_id=None, enable_auto_commit=False, **(fixed or {}))
     return _connect(KafkaConsumer, servers, merged)
 
 
@@ -193,10 +194,10 @@ def high_watermarks(client: KafkaConsumer, tps: list[TopicPartition], timeout: f
 def true_ends(servers: str, options: dict, client_id: str, tps: list[TopicPartition],
               timeout: float = CONNECT_TIMEOUT_S) -> dict:
     """``high_watermarks`` with a short-lived consumer of its own: small fetches with a 1-ms
-    wait, since a broker holds the fetch of an empty partition for the whole wait (a 50-ms
-    wait cost 80 ms on Tansu) and the answer's high watermark is all a probe needs (a wait
-    of 0 is never answered there)."""
-    client = consumer(servers, options, client_id, fetch_max_wait_ms=1, max_partition_fetch_bytes=64 * 1024)
+    wait, which the user's ``options`` do not change, since a broker holds the fetch of an
+    empty partition for the whole wait (a 50-ms wait cost 80 ms on Tansu) and the answer's
+    high watermark is all a probe needs (a wait of 0 is never answered there)."""
+    client = consumer(servers, options, client_id, fixed={"fetch_max_wait_ms": 1}, max_partition_fetch_bytes=64 * 1024)
     try:
         return high_watermarks(client, tps, timeout)
     finally:

@@ -173,7 +173,7 @@ class Checkpoint:
                     failure = failure or exc
             if not failing:
                 return
-            if self.should_stop():
+            if self.should_stop() or isinstance(failure, BrokenPipeError):  # its reader is gone for good
                 raise Stopped() from failure
             self.log(f"[SINK] {len(self.unconfirmed)} outputs not confirmed ({failure}); retrying in {delay:g}s",
                      file=sys.stderr)

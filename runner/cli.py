@@ -8,7 +8,7 @@ import sys
 
 from runner import config, plugins
 from runner.components import ConfigError, RunnerError
-from runner.display import silence_stdout
+from runner.display import silence
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +18,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, so that a reader gone is seen here, not in the flush at exit
+        return status
     except ConfigError as exc:
         for line in exc.lines:
             print(line, file=sys.stderr)
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # standard output's reader is gone (runner plugins | head)
-        silence_stdout()
+        silence()
         return 1
 
 

@@ -266,9 +266,10 @@ class Sink(Component):
     def deliver(self, outputs: list) -> None:
         """Hand over ``runner.outputs.Output`` objects; may return before they are
         durable. After it raised, the next ``flush`` must raise too: the runner learns
-        only from ``flush`` that outputs must be delivered again. ``BrokenPipeError``
-        (here, from ``flush`` or from ``display``) says the reader is gone for good: the
-        runner then stops cleanly, as on SIGTERM, instead of retrying."""
+        only from ``flush`` that outputs must be delivered again. A ``BrokenPipeError``
+        from ``deliver``, ``flush`` or ``display`` says that the sink's reader is gone for
+        good (a closed pipe): the runner then stops cleanly, as on SIGTERM, instead of
+        retrying; raise another error for what may pass."""
         raise NotImplementedError
 
     def flush(self) -> Any:

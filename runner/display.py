@@ -66,11 +66,17 @@ def template_schema(description: str) -> dict:
     return {"type": ["string", "null"], "default": None, "description": description}
 
 
-def silence_stdout() -> None:
-    """Point standard output at /dev/null once its reader is gone (``runner run ... | head``):
-    every later print, Python's last flush at exit included, would fail again."""
+def silence(stream=None) -> None:
+    """Point ``stream`` (standard output by default) at /dev/null once its reader is gone
+    (``runner run ... | head``): every later write, Python's last flush at exit included,
+    would fail again. A stream with no file descriptor of its own is left as it is."""
+    stream = stream or sys.stdout
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, fd)
     finally:
         os.close(devnull)

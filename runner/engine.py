@@ -13,6 +13,7 @@ from operator import attrgetter
 from runner.checkpoint import Checkpoint, Stopped
 from runner.codec import DecodeError, decode
 from runner.components import NO_RECORD, Context, Event, RunnerError
+from runner.display import silence
 from runner.eventtime import EventTime
 from runner.outputs import Emitter
 from runner.state import FORMAT, READS, LmdbStore, MemoryStore, Store
@@ -79,12 +80,13 @@ class Runner:
         self.settings = s = pipeline.settings
         self.bounded = until_end or drain
         self.drain = drain
-        self.log = log
+        self._log = log
         self.every_events = s["checkpoint"]["every_events"]
         self.every_s = s["checkpoint"]["every_ms"] / 1000
         self.when_quiet = s["checkpoint"]["when_quiet"]
         self.stop_requested = False
         self.signalled: int | None = None  # the signal (SIGINT, SIGTERM) that asked for the stop, if one did
+        self.output_closed = False  # a sink's or the log's reader is gone: it asked for the stop
         self._pkeys: dict = {}
         self._partitions_seen: set[str] = set()  # processed since the last ``_idle`` (unbounded runs)
         self.processed = 0
@@ -187,10 +189,9 @@ class Runner:
                 self._loop()
                 self._finish()
             except Stopped:
-                kept = ("stay in the outbox and are delivered at the next start" if self.store.persistent
-                        else "are dropped with the in-memory state")
-                self.log(f"[{self.settings['name']}] stopped while a sink was not confirming: its outputs {kept}",
-                         file=sys.stderr)
+                if not self.output_closed:  # which said what stays
+                    self.log(f"[{self.settings['name']}] stopped while a sink was not confirming: its outputs "
+                             f"{self._kept()}", file=sys.stderr)
             except BaseException:
                 self._abort()
                 raise
@@ -202,7 +203,7 @@ class Runner:
         return 0
 
     def _on_signal(self, signum, frame) -> None:
-        if self.stop_requested:  # a second Ctrl+C: the last checkpoint stands
+        if self.signalled is not None:  # a second Ctrl+C: the last checkpoint stands
             raise KeyboardInterrupt
         self.stop_requested = True
         self.signalled = signum
@@ -386,11 +387,26 @@ class Runner:
 
     def _output_closed(self) -> None:
         """A sink's reader is gone for good (``runner run ... | head``): stop cleanly, as
-        SIGPIPE would stop a command, but with the checkpoint a SIGTERM stop takes."""
-        if not self.stop_requested:
-            self.stop_requested = True
-            self.log(f"[{self.settings['name']}] a sink's output was closed by its reader: stopping",
-                     file=sys.stderr)
+        SIGPIPE would stop a command, but as a SIGTERM stop does."""
+        if not self.output_closed:
+            self.output_closed = self.stop_requested = True
+            self.log(f"[{self.settings['name']}] an output was closed by its reader: stopping; what a sink "
+                     f"did not take {self._kept()}", file=sys.stderr)
+
+    def _kept(self) -> str:
+        store = getattr(self, "store", None)
+        if store is None or store.persistent:
+            return "stays in the outbox and is delivered at the next start"
+        return "is dropped with the in-memory state"
+
+    def log(self, *args, file=None, **kwargs) -> None:
+        """The status lines, to ``log``; a reader gone from them (``runner run ... | head``)
+        stops the run as a sink's does, instead of breaking it off."""
+        try:
+            self._log(*args, file=file, flush=True, **kwargs)  # seen at once, through a pipe too
+        except BrokenPipeError:
+            silence(file)
+            self._output_closed()
 
     def _abort(self) -> None:
         """Leave without a checkpoint, as a crash would: the last checkpoint stands. What was

@@ -7,7 +7,7 @@ import time
 
 from runner import hookimpl
 from runner.components import Sink
-from runner.display import silence_stdout
+from runner.display import silence
 from runner.schema import obj
 
 
@@ -72,7 +72,7 @@ class ConsoleSink(Sink):
             print("\n".join(lines), flush=True)
         except BrokenPipeError:
             self.closed = True
-            silence_stdout()
+            silence()
             raise
 
 

@@ -51,9 +51,11 @@ class KafkaSink(Sink):
         self.topic = self.config["topic"]
         self.servers, self.options = self._connection()
         self.client_id = f"runner-{self.context.pipeline}-{self.name}"
+        # a read-back knows where it ends: a longer wait (a source's, in shared options) would
+        # only hold its last fetch
         self.reader = kc.consumer(self.servers, self.options, self.client_id + "-reader",
-                                  auto_offset_reset="earliest", max_partition_fetch_bytes=4 << 20,
-                                  fetch_max_wait_ms=50)
+                                  fixed={"fetch_max_wait_ms": 50}, auto_offset_reset="earliest",
+                                  max_partition_fetch_bytes=4 << 20)
         try:
             kc.partitions_of(self.reader, [self.topic], self.servers)
             self.producer = self._new_producer()

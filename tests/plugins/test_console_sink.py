@@ -2,6 +2,7 @@
 cleanly, as SIGTERM does, not print an error at every checkpoint."""
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -13,12 +14,12 @@ PRINTS = {
     "results": {"milestones": {"views": 10}},
     "display lines": {"display": {"every": "1s", "line": "{key}: {views} views"}},
 }
+STOP_LINE = "an output was closed by its reader: stopping"
 
 
-@pytest.mark.parametrize("prints", PRINTS)
-def test_a_run_whose_reader_stops_reading_ends_cleanly_and_resumes_later(tmp_path, prints):
-    # paced: it would run for 500 s
-    pipeline = faults.write_pipeline(tmp_path / "pipeline.yaml", {
+def paced_pipeline(tmp_path, prints: str = "results") -> str:
+    """It would run for 500 s, printing as ``prints`` says."""
+    return faults.write_pipeline(tmp_path / "pipeline.yaml", {
         "name": "piped",
         "source": {"type": "generator", "rate": 200, "count": 100_000},
         "state": {"path": str(tmp_path / "state")},
@@ -28,26 +29,64 @@ def test_a_run_whose_reader_stops_reading_ends_cleanly_and_resumes_later(tmp_pat
                     "aggregations": {"views": "count"}, **PRINTS[prints]}],
         "sinks": [{"type": "console"}],
     })
-    proc = subprocess.Popen(e2e.runner_cmd("run", pipeline, "--until-end"), cwd=e2e.ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_piped(pipeline: str, lines: int, stderr_too: bool = False, buffered: bool = False) -> tuple[int, str]:
+    """Run it into a pipe whose reader takes ``lines`` lines and goes (``| head``); its exit
+    status and what it wrote on stderr."""
+    env = dict(os.environ)
+    if buffered:
+        env.pop("PYTHONUNBUFFERED", None)
+    proc = subprocess.Popen(e2e.runner_cmd("run", pipeline, "--until-end"), cwd=e2e.ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT if stderr_too else subprocess.PIPE)
     try:
-        shown = [proc.stdout.readline() for _ in range(3)]  # what `head -3` reads
+        shown = [proc.stdout.readline() for _ in range(lines)]
         proc.stdout.close()
-        assert proc.wait(timeout=30) == 0
-        errors = proc.stderr.read()
+        status = proc.wait(timeout=30)
+        errors = "" if stderr_too else proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        proc.stderr.close()
+        if proc.stderr is not None:
+            proc.stderr.close()
     assert all(line.strip() for line in shown)
-    assert "Traceback" not in errors
-    assert errors.count("output was closed by its reader") == 1, errors
-    assert "delivery failed" not in errors
-    # it stopped at a checkpoint well before the end, and the next run goes on from it
-    dump = json.loads(e2e.run("state", "dump", pipeline).stdout)
-    assert 0 < dump["offsets"]["generator/0"] < 100_000
-    again = e2e.run("run", pipeline, "--set", "source.count=" + str(dump["offsets"]["generator/0"] + 50),
-                    "--until-end")
+    return status, errors
+
+
+def resumes(pipeline: str) -> None:
+    """It stopped at a checkpoint well before the end, and the next run goes on from it."""
+    offset = json.loads(e2e.run("state", "dump", pipeline).stdout)["offsets"]["generator/0"]
+    assert 0 <= offset < 100_000
+    again = e2e.run("run", pipeline, "--set", f"source.count={offset + 50}", "--until-end")
     assert again.returncode == 0, again.stderr
     assert "restored checkpoint" in again.stdout
+
+
+@pytest.mark.parametrize("prints", PRINTS)
+def test_a_run_whose_reader_stops_reading_ends_cleanly_and_resumes_later(tmp_path, prints):
+    pipeline = paced_pipeline(tmp_path, prints)
+    status, errors = run_piped(pipeline, lines=3)
+    assert status == 0
+    assert "Traceback" not in errors
+    assert errors.count(STOP_LINE) == 1, errors
+    assert "delivery failed" not in errors and "not confirming" not in errors
+    resumes(pipeline)
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["unbuffered", "buffered"])
+def test_a_run_whose_status_lines_find_no_reader_ends_cleanly(tmp_path, buffered):
+    # no line read: the reader is gone before the first status line
+    pipeline = paced_pipeline(tmp_path)
+    status, errors = run_piped(pipeline, lines=0, buffered=buffered)
+    assert status == 0
+    assert errors.count(STOP_LINE) == 1, errors
+    assert "Traceback" not in errors and "Exception ignored" not in errors
+    resumes(pipeline)
+
+
+def test_a_run_whose_stderr_goes_into_the_same_closed_pipe_ends_cleanly(tmp_path):
+    pipeline = paced_pipeline(tmp_path)
+    status, _ = run_piped(pipeline, lines=3, stderr_too=True)  # runner run ... 2>&1 | head -3
+    assert status == 0
+    resumes(pipeline)

@@ -1,6 +1,7 @@
 """The command line as users meet it: exit codes and the messages that say what to do."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -156,8 +157,10 @@ def test_a_session_stage_without_key_by_is_refused_with_the_line(workdir, capsys
     assert ":8: stages[1]: missing required key \"key_by\"" in err, err
 
 
-def test_a_listing_whose_reader_is_gone_ends_without_a_traceback():
-    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "plugins"], cwd=ROOT,
+@pytest.mark.parametrize("buffered", [False, True], ids=["unbuffered", "buffered"])
+def test_a_listing_whose_reader_is_gone_ends_without_a_traceback(buffered):
+    env = {k: v for k, v in os.environ.items() if not (buffered and k == "PYTHONUNBUFFERED")}
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "plugins"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # before it prints: as `runner plugins | head -0` does
     try:

@@ -171,8 +171,8 @@ def test_the_collector_runs_with_its_own_thresholds_and_they_are_restored(tmp_pa
     assert gc.get_threshold() == before
 
 
-@pytest.mark.parametrize("by_signal", [True, False])
-def test_a_stop_by_signal_is_clean_and_says_which_signal(tmp_path, by_signal):
+def endless_runner(tmp_path, sink: dict) -> tuple[Runner, list[str]]:
+    """A Runner of a paced generator that never ends, writing to ``sink``; and its log lines."""
     path = tmp_path / "endless.yaml"
     path.write_text(yaml.safe_dump({
         "name": "endless",
@@ -180,10 +180,15 @@ def test_a_stop_by_signal_is_clean_and_says_which_signal(tmp_path, by_signal):
         "state": {"path": str(tmp_path / "state")},
         "dlq": {"type": "jsonl", "path": str(tmp_path / "dlq.jsonl")},
         "stages": [{"type": "aggregate", "name": "views", "key_by": "page_url", "aggregations": {"views": "count"}}],
-        "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
+        "sinks": [sink],
     }))
     lines = []
-    runner = Runner(config.load(str(path)), log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    return Runner(config.load(str(path)), log=lambda *a, **k: lines.append(" ".join(map(str, a)))), lines
+
+
+@pytest.mark.parametrize("by_signal", [True, False])
+def test_a_stop_by_signal_is_clean_and_says_which_signal(tmp_path, by_signal):
+    runner, lines = endless_runner(tmp_path, {"type": "jsonl", "path": str(tmp_path / "out.jsonl")})
 
     def stop_once_running():
         deadline = time.monotonic() + 30
@@ -202,3 +207,13 @@ def test_a_stop_by_signal_is_clean_and_says_which_signal(tmp_path, by_signal):
     assert runner.processed >= 100 and "stopped cleanly" in lines[-1]
     assert runner.signalled == (signal.SIGTERM if by_signal else None)
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_a_stop_asked_by_a_closed_output_leaves_the_first_signal_a_clean_stop(tmp_path):
+    runner, lines = endless_runner(tmp_path, {"type": "console"})
+    runner._output_closed()  # runner run ... | head: head is gone
+    assert runner.stop_requested and "closed by its reader" in lines[-1]
+    runner._on_signal(signal.SIGTERM, None)  # Ctrl+C reaching the runner beside head: still the first
+    assert runner.signalled == signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt):
+        runner._on_signal(signal.SIGINT, None)  # a second one breaks off
