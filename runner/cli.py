@@ -96,7 +96,8 @@ def cmd_plugins(args) -> int:
         print(f"{kind}:")
         for name, cls in sorted(registry.kind(kind).items()):
             schema = cls.config_schema
-            print(f"  {name:<18} from {registry.origins[cls]}")
+            once = " (exactly once)" if getattr(cls, "exactly_once", False) else ""
+            print(f"  {name:<18} from {registry.origins[cls]}{once}")
             if schema.get("description"):
                 print(f"      {schema['description']}")
             required = set(schema.get("required", ()))

@@ -247,7 +247,7 @@ class Sink(Component):
     that holds it has committed; until the sink confirms it with ``flush``, the output
     stays in the outbox and is delivered again after a restart."""
 
-    exactly_once: ClassVar[bool] = False  # True: redelivery after a crash never duplicates
+    exactly_once: ClassVar[bool] = False  # True: redelivery after a crash never duplicates (`runner plugins` shows it)
     shows_display: ClassVar[bool] = False  # True: ``display`` shows lines (they are made only for such sinks)
 
     def open(self, state: Any) -> None:

@@ -19,25 +19,25 @@ from runner.outputs import Emitter
 from runner.state import FORMAT, READS, LmdbStore, MemoryStore, Store
 from runner.times import duration_ms, format_watermark
 
-COMMON_KEYS = ("type", "name", "to")
 _TOPIC_PARTITION = attrgetter("topic", "partition")
 GC_THRESHOLDS = (10_000, 10, 10)  # the collector's, while a pipeline runs (Python's: 700, 10, 10)
 
 
-def component_config(settings: dict) -> dict:
-    return {k: v for k, v in settings.items() if k not in COMMON_KEYS}
+def build(pipeline, section: str) -> list:
+    """The components of ``section`` ("source", "dlq", "stages" or "sinks"), built, in order."""
+    name = pipeline.settings["name"]
+    return [spec.cls(spec.config, Context(name, spec.name, pipeline.settings)) for spec in pipeline.components()
+            if spec.section == section]
 
 
 def build_stages(pipeline) -> list:
-    s, reg = pipeline.settings, pipeline.registry
-    return [reg.stages[d["type"]](component_config(d), Context(s["name"], d["name"], s)) for d in s["stages"]]
+    return build(pipeline, "stages")
 
 
 def build_sinks(pipeline) -> dict:
     """Result sinks by name, and the DLQ under ``dlq``."""
-    s, reg = pipeline.settings, pipeline.registry
-    sinks = {d["name"]: reg.sinks[d["type"]](component_config(d), Context(s["name"], d["name"], s)) for d in s["sinks"]}
-    sinks["dlq"] = reg.sinks[s["dlq"]["type"]](component_config(s["dlq"]), Context(s["name"], "dlq", s))
+    sinks = {sink.name: sink for sink in build(pipeline, "sinks")}
+    sinks["dlq"], = build(pipeline, "dlq")
     return sinks
 
 
@@ -105,10 +105,8 @@ class Runner:
     def _open(self) -> None:
         s = self.settings
         started = time.perf_counter()
-        source_settings = s["source"]
-        self.source = self.pipeline.registry.sources[source_settings["type"]](
-            component_config(source_settings), Context(s["name"], "source", s))
-        self.max_bytes = source_settings.get("max_record_bytes", 1 << 20)
+        self.source, = build(self.pipeline, "source")
+        self.max_bytes = s["source"].get("max_record_bytes", 1 << 20)
         self.stages = build_stages(self.pipeline)
         fingerprints = {st.name: st.fingerprint() for st in self.stages if st.fingerprint() is not None}
         self.store = open_store(s)

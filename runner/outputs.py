@@ -48,7 +48,6 @@ class Emitter:
         self.pipeline = pipeline
         self.routes = routes  # stage name -> sink names (its ``to:``), None for all
         self.pending: list[Output] = []
-        self.dead_letters = 0
 
     def result(self, stage: str, key: Any, result: dict) -> None:
         """Queue a result; it must carry ``id`` and ``stage``."""
@@ -72,7 +71,6 @@ class Emitter:
             "payload_b64": None if value is None else base64.b64encode(value).decode(),
             "failed_at": format_ms(int(time.time() * 1000)),
         }
-        self.dead_letters += 1
         self.pending.append(Output(letter["id"], "dlq", stage, key, codec.dumps(letter), ("dlq",)))
 
     def take(self) -> list[Output]:

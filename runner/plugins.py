@@ -36,7 +36,6 @@ class Registry:
     stages: dict[str, type] = field(default_factory=dict)
     sinks: dict[str, type] = field(default_factory=dict)
     origins: dict[type, str] = field(default_factory=dict)
-    manager: pluggy.PluginManager | None = None
 
     def kind(self, name: str) -> dict[str, type]:
         return getattr(self, name)
@@ -63,7 +62,7 @@ def build_manager(extra_modules: list[str] = ()) -> pluggy.PluginManager:
 def load(extra_modules: list[str] = ()) -> Registry:
     """Build the manager and collect every registered component class."""
     pm = build_manager(extra_modules)
-    registry = Registry(manager=pm)
+    registry = Registry()
     for kind, base in KINDS.items():
         hook = getattr(pm.hook, f"runner_register_{kind}")
         for impl in hook.get_hookimpls():  # registration order

@@ -61,3 +61,5 @@ def test_runner_plugins_lists_every_builtin_with_its_keys():
         assert f"  {name} " in out.stdout
     assert "every_events" not in out.stdout  # pipeline keys are not plugin keys
     assert "gap " in out.stdout and "advance " in out.stdout
+    once = {line.split()[0] for line in out.stdout.splitlines() if line.endswith("(exactly once)")}
+    assert once == {"jsonl", "kafka", "postgres"}  # sinks: the console may repeat itself
