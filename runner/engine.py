@@ -20,6 +20,7 @@ from runner.state import FORMAT, READS, LmdbStore, MemoryStore, Store
 from runner.times import duration_ms, format_watermark
 
 _TOPIC_PARTITION = attrgetter("topic", "partition")
+PROGRESS_EVERY_S = 10.0  # how often a bounded run says on stderr how far it got
 GC_THRESHOLDS = (10_000, 10, 10)  # the collector's, while a pipeline runs (Python's: 700, 10, 10)
 
 
@@ -118,6 +119,7 @@ class Runner:
         stored_offsets = self.store.meta("offsets", {}) or {}
         self.positions = dict(self.source.open(dict(stored_offsets)))
         self.stop = self.source.end_offsets() if self.bounded else None
+        self._started_at = {p: min(self.positions.get(p, 0), end) for p, end in (self.stop or {}).items()}
 
         routes = {d["name"]: tuple(d["to"]) if d.get("to") else None for d in s["stages"]}
         self.emit = Emitter(s["name"], routes)
@@ -212,7 +214,7 @@ class Runner:
     def _loop(self) -> None:
         self.uncommitted = 0
         self.dirty_since = None
-        last_display = time.monotonic()
+        last_display = last_progress = began = time.monotonic()
         while not self.stop_requested and not self._reached_end():
             records = self._poll(0.1 if self.every_s == 0 else min(0.1, self.every_s))
             if self.observer is not None:
@@ -236,6 +238,9 @@ class Runner:
             if now - last_display >= 1.0:
                 self._display()
                 last_display = now
+            if self.stop is not None and now - last_progress >= PROGRESS_EVERY_S:
+                self._progress(now - began)
+                last_progress = now
 
     def _poll(self, timeout: float) -> list:
         if self.when_quiet and self.dirty_since is not None:
@@ -263,6 +268,16 @@ class Runner:
                 self.stop[partition] = end
                 if self.positions.get(partition, 0) > end:
                     self.positions[partition] = self.source.restart(partition, self.positions[partition], end)
+
+    def _progress(self, seconds: float) -> None:
+        """A bounded run's way to its stop offsets (records are counted by offsets), on stderr."""
+        start, stop = self._started_at, self.stop
+        total = sum(max(0, end - start.get(p, 0)) for p, end in stop.items())
+        done = sum(max(0, min(self.positions.get(p, 0), end) - start.get(p, 0)) for p, end in stop.items())
+        if total:
+            watermark = f"; watermark {format_watermark(self.tracker.watermark)}" if self.tracker else ""
+            self.log(f"[{self.settings['name']}] {done:,} of {total:,} records ({done / total:.1%}), "
+                     f"{done / seconds:,.0f}/s{watermark}", file=sys.stderr)
 
     def _reached_end(self) -> bool:
         if self.stop is None:

@@ -15,7 +15,7 @@ import yaml
 from kafka import KafkaProducer
 
 from plugins.sinks.kafka import KafkaSink
-from runner import checkpoint, config
+from runner import checkpoint, config, engine
 from runner.engine import GC_THRESHOLDS, Runner
 from runner.outputs import Output
 from tests import e2e, faults
@@ -217,3 +217,23 @@ def test_a_stop_asked_by_a_closed_output_leaves_the_first_signal_a_clean_stop(tm
     assert runner.signalled == signal.SIGTERM
     with pytest.raises(KeyboardInterrupt):
         runner._on_signal(signal.SIGINT, None)  # a second one breaks off
+
+
+def test_a_bounded_run_says_how_far_it_got(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "PROGRESS_EVERY_S", 0.2)
+    path = tmp_path / "bounded.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "bounded",
+        "source": {"type": "generator", "rate": 2000, "count": 2000},  # paced: a second
+        "state": {"path": str(tmp_path / "state")},
+        "dlq": {"type": "jsonl", "path": str(tmp_path / "dlq.jsonl")},
+        "event_time": {"grace": "0s"},
+        "stages": [{"type": "tumbling_window", "name": "w", "size": "1m", "aggregations": {"n": "count"}}],
+        "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
+    }))
+    lines = []
+    Runner(config.load(str(path)), until_end=True, log=lambda *a, **k: lines.append(" ".join(map(str, a)))).run()
+    shares = [float(line.split("(")[1].split("%")[0]) for line in lines if " of 2,000 records (" in line]
+    assert len(shares) >= 2, lines
+    assert shares == sorted(shares) and 0 < shares[0] and shares[-1] <= 100
+    assert all("/s; watermark 2026-11-24T08:" in line for line in lines if " of 2,000 records" in line)
