@@ -20,6 +20,7 @@ from kafka.errors import KafkaConfigurationError, KafkaError
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 
 from runner.components import RunnerError
+from runner.display import silence
 
 DEFAULT_SERVERS = "localhost:9092"
 CONNECT_TIMEOUT_S = 10
@@ -231,4 +232,7 @@ def _names(tps) -> str:
 
 
 def warn(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except BrokenPipeError:  # its reader is gone: the run goes on without its warnings
+        silence(sys.stderr)

@@ -77,7 +77,7 @@ class Pipeline:
         specs = []
         for section, at, item in _components(self.settings):
             kind, common = SECTIONS[section]
-            name = item.get("name", section)
+            name = item["name"] if "name" in common else section  # a source's own "name" is its config
             config = {k: v for k, v in item.items() if k not in common}
             specs.append(ComponentSpec(section, at, name, self.registry.kind(kind)[item["type"]], config))
         return specs

@@ -76,12 +76,12 @@ def check_state(store: Store, settings: dict, fingerprints: dict) -> None:
 class Runner:
     """Runs one pipeline until stopped, until the end of its input, or drained."""
 
-    def __init__(self, pipeline, until_end: bool = False, drain: bool = False, log=print, observer=None):
+    def __init__(self, pipeline, until_end: bool = False, drain: bool = False, log=None, observer=None):
         self.pipeline = pipeline
         self.settings = s = pipeline.settings
         self.bounded = until_end or drain
         self.drain = drain
-        self._log = log
+        self._log = log  # status lines go there (None: printed; see ``log``)
         self.every_events = s["checkpoint"]["every_events"]
         self.every_s = s["checkpoint"]["every_ms"] / 1000
         self.when_quiet = s["checkpoint"]["when_quiet"]
@@ -275,7 +275,8 @@ class Runner:
         total = sum(max(0, end - start.get(p, 0)) for p, end in stop.items())
         done = sum(max(0, min(self.positions.get(p, 0), end) - start.get(p, 0)) for p, end in stop.items())
         if total:
-            watermark = f"; watermark {format_watermark(self.tracker.watermark)}" if self.tracker else ""
+            shown = format_watermark(self.tracker.watermark) if self.tracker else None
+            watermark = f"; watermark {shown}" if shown else ""  # none before the first event
             self.log(f"[{self.settings['name']}] {done:,} of {total:,} records ({done / total:.1%}), "
                      f"{done / seconds:,.0f}/s{watermark}", file=sys.stderr)
 
@@ -413,13 +414,18 @@ class Runner:
         return "is dropped with the in-memory state"
 
     def log(self, *args, file=None, **kwargs) -> None:
-        """The status lines, to ``log``; a reader gone from them (``runner run ... | head``)
-        stops the run as a sink's does, instead of breaking it off."""
+        """A status line, to the ``log`` given, or printed (flushed: seen at once, through a
+        pipe too). A reader gone from standard output (``runner run ... | head``) stops the
+        run as a sink's does; one gone from stderr only silences it."""
+        if self._log is not None:
+            self._log(*args, file=file, **kwargs)
+            return
         try:
-            self._log(*args, file=file, flush=True, **kwargs)  # seen at once, through a pipe too
+            print(*args, file=file, flush=True, **kwargs)
         except BrokenPipeError:
             silence(file)
-            self._output_closed()
+            if file is None or file is sys.stdout:
+                self._output_closed()
 
     def _abort(self) -> None:
         """Leave without a checkpoint, as a crash would: the last checkpoint stands. What was

@@ -1,5 +1,8 @@
 """What the Kafka source, sink and DLQ share: the settings a user's ``options`` may not change."""
 
+import os
+import sys
+
 from kafka import TopicPartition
 
 from plugins import kafka_common as kc
@@ -34,3 +37,13 @@ def test_end_probes_and_read_backs_keep_short_waits_under_a_long_one_in_options(
     sink = make_sink(broker, tp.topic, options=SLOW)
     sink.close()
     assert waits == [1, 50]
+
+
+def test_a_warning_with_no_reader_on_stderr_is_dropped_and_the_run_goes_on(monkeypatch):
+    read, write = os.pipe()
+    os.close(read)  # runner run ... 2> >(head -0)
+    with os.fdopen(write, "w") as stderr:
+        monkeypatch.setattr(sys, "stderr", stderr)
+        kc.warn("WARNING: first")  # raised BrokenPipeError before
+        kc.warn("WARNING: second")
+        assert os.path.samefile(f"/proc/self/fd/{stderr.fileno()}", os.devnull)

@@ -173,6 +173,19 @@ def test_components_come_with_their_class_and_own_config(pipeline_file):
     assert specs["tumbling_window"].path == ("stages", 2)
 
 
+def test_a_source_of_its_own_name_key_keeps_it_as_config_and_is_still_called_source(pipeline_file):
+    class Named(FakeSource):
+        type = "named"
+        config_schema = obj({"name": {"type": "string", "description": "a name the source itself uses"}})
+
+    reg = registry()
+    reg.sources["named"] = Named
+    p = load(pipeline_file(GOOD.replace("  type: fake\n  topics: [clicks]", "  type: named\n  name: clicks")),
+             registry=reg)
+    source = p.components()[0]
+    assert (source.name, source.config) == ("source", {"name": "clicks"})
+
+
 def test_sinks_and_stages_may_be_left_out(pipeline_file):
     path = pipeline_file("""\
         name: tiny

@@ -7,6 +7,7 @@ import gc
 import json
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -237,3 +238,24 @@ def test_a_bounded_run_says_how_far_it_got(tmp_path, monkeypatch):
     assert len(shares) >= 2, lines
     assert shares == sorted(shares) and 0 < shares[0] and shares[-1] <= 100
     assert all("/s; watermark 2026-11-24T08:" in line for line in lines if " of 2,000 records" in line)
+
+
+def test_only_the_runners_own_status_lines_stop_it_when_their_reader_is_gone(tmp_path, monkeypatch):
+    def gone(*args, **kwargs):  # a log of the caller's that fails for a reason of its own
+        raise BrokenPipeError("a pipe of the caller's")
+
+    runner, _ = endless_runner(tmp_path, {"type": "console"})
+    runner._log = gone
+    with pytest.raises(BrokenPipeError):
+        runner.log("line")
+    runner._log = None  # printed: a reader gone from stderr silences it, from stdout stops the run
+    streams = []
+    for name in ("stderr", "stdout"):
+        read, write = os.pipe()
+        os.close(read)
+        streams.append(os.fdopen(write, "w"))
+        monkeypatch.setattr(sys, name, streams[-1])
+        runner.log("line", file=streams[-1])
+        assert runner.stop_requested == (name == "stdout")
+    for stream in streams:
+        stream.close()  # silenced: what they still hold goes to /dev/null
