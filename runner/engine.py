@@ -88,6 +88,7 @@ class Runner:
         self.stop_requested = False
         self.signalled: int | None = None  # the signal (SIGINT, SIGTERM) that asked for the stop, if one did
         self.output_closed = False  # a sink's or the log's reader is gone: it asked for the stop
+        self.stopped = False  # all is closed; only the last status line is left
         self._pkeys: dict = {}
         self._partitions_seen: set[str] = set()  # processed since the last ``_idle`` (unbounded runs)
         self.processed = 0
@@ -402,7 +403,7 @@ class Runner:
     def _output_closed(self) -> None:
         """A sink's reader is gone for good (``runner run ... | head``): stop cleanly, as
         SIGPIPE would stop a command, but as a SIGTERM stop does."""
-        if not self.output_closed:
+        if not self.output_closed and not self.stopped:
             self.output_closed = self.stop_requested = True
             self.log(f"[{self.settings['name']}] an output was closed by its reader: stopping; what a sink "
                      f"did not take {self._kept()}", file=sys.stderr)
@@ -443,6 +444,7 @@ class Runner:
             sink.close()
         self.source.close()
         self.store.close()
+        self.stopped = True
         self.log(f"[{self.settings['name']}] stopped cleanly after {self.processed} records; "
                  f"checkpoint {self.checkpoint.number}, watermark "
                  f"{format_watermark(self.tracker.watermark) if self.tracker else None}")

@@ -90,3 +90,20 @@ def test_a_run_whose_stderr_goes_into_the_same_closed_pipe_ends_cleanly(tmp_path
     status, _ = run_piped(pipeline, lines=3, stderr_too=True)  # runner run ... 2>&1 | head -3
     assert status == 0
     resumes(pipeline)
+
+
+def test_a_run_whose_reader_goes_before_its_last_line_says_nothing_of_stopping(tmp_path):
+    # a short bounded run: its reader takes the first status line and goes; the run ends as
+    # it would have, and only its last line ("stopped cleanly") finds no reader
+    pipeline = faults.write_pipeline(tmp_path / "pipeline.yaml", {
+        "name": "short",
+        "source": {"type": "generator", "rate": 2000, "count": 1000},
+        "state": {"path": str(tmp_path / "state")},
+        "dlq": {"type": "jsonl", "path": str(tmp_path / "dlq.jsonl")},
+        "stages": [{"type": "aggregate", "name": "views", "key_by": "page_url", "aggregations": {"views": "count"}}],
+        "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
+    })
+    status, errors = run_piped(pipeline, lines=1)
+    assert status == 0
+    assert errors == ""
+    assert json.loads(e2e.run("state", "dump", pipeline).stdout)["offsets"]["generator/0"] == 1000
