@@ -20,7 +20,7 @@ from kafka.errors import KafkaConfigurationError, KafkaError
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 
 from runner.components import RunnerError
-from runner.display import silence
+from runner.display import show
 
 DEFAULT_SERVERS = "localhost:9092"
 CONNECT_TIMEOUT_S = 10
@@ -232,7 +232,4 @@ def _names(tps) -> str:
 
 
 def warn(message: str) -> None:
-    try:
-        print(message, file=sys.stderr, flush=True)
-    except BrokenPipeError:  # its reader is gone: the run goes on without its warnings
-        silence(sys.stderr)
+    show(message, sys.stderr)  # a reader gone from stderr: the run goes on without its warnings

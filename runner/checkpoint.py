@@ -136,10 +136,17 @@ class Checkpoint:
         if self.displays and only is None:
             notices = [line for _, out in items if out.kind == "dlq" for line in _notice(out)]
             if notices:
-                for sink in self.displays:
-                    sink.display(notices)
+                self.display(notices)
         if failure is not None:
             raise failure
+
+    def display(self, lines: list[str]) -> None:
+        """Show ``lines`` (stage reports, dead-letter notices) on every sink that shows them."""
+        for sink in self.displays:
+            try:
+                sink.display(lines)
+            except BrokenPipeError:
+                self.output_closed()
 
     def _confirm(self) -> list[int]:
         if not self.unconfirmed:

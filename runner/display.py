@@ -66,6 +66,17 @@ def template_schema(description: str) -> dict:
     return {"type": ["string", "null"], "default": None, "description": description}
 
 
+def show(text: str, file=None) -> bool:
+    """Print ``text`` at once (flushed: seen through a pipe too). False, with ``file``
+    (standard output by default) silenced, when its reader is gone."""
+    try:
+        print(text, file=file, flush=True)
+    except BrokenPipeError:
+        silence(file)
+        return False
+    return True
+
+
 def silence(stream=None) -> None:
     """Point ``stream`` (standard output by default) at /dev/null once its reader is gone
     (``runner run ... | head``): every later write, Python's last flush at exit included,

@@ -13,7 +13,7 @@ from operator import attrgetter
 from runner.checkpoint import Checkpoint, Stopped
 from runner.codec import DecodeError, decode
 from runner.components import NO_RECORD, Context, Event, RunnerError
-from runner.display import silence
+from runner.display import show
 from runner.eventtime import EventTime
 from runner.outputs import Emitter
 from runner.state import FORMAT, READS, LmdbStore, MemoryStore, Store
@@ -394,11 +394,7 @@ class Runner:
         displays = self.checkpoint.displays
         lines = [line for proc in self.processors for line in proc.report()] if displays else []
         if lines:
-            for sink in displays:
-                try:
-                    sink.display(lines)
-                except BrokenPipeError:
-                    self._output_closed()
+            self.checkpoint.display(lines)
 
     def _output_closed(self) -> None:
         """A sink's reader is gone for good (``runner run ... | head``): stop cleanly, as
@@ -414,19 +410,14 @@ class Runner:
             return "stays in the outbox and is delivered at the next start"
         return "is dropped with the in-memory state"
 
-    def log(self, *args, file=None, **kwargs) -> None:
-        """A status line, to the ``log`` given, or printed (flushed: seen at once, through a
-        pipe too). A reader gone from standard output (``runner run ... | head``) stops the
-        run as a sink's does; one gone from stderr only silences it."""
+    def log(self, line: str, file=None) -> None:
+        """A status line, to the ``log`` given, or shown (``runner.display.show``). A reader
+        gone from standard output (``runner run ... | head``) stops the run as a sink's does;
+        one gone from stderr only silences it."""
         if self._log is not None:
-            self._log(*args, file=file, **kwargs)
-            return
-        try:
-            print(*args, file=file, flush=True, **kwargs)
-        except BrokenPipeError:
-            silence(file)
-            if file is None or file is sys.stdout:
-                self._output_closed()
+            self._log(line, file=file)
+        elif not show(line, file) and file in (None, sys.stdout):
+            self._output_closed()
 
     def _abort(self) -> None:
         """Leave without a checkpoint, as a crash would: the last checkpoint stands. What was

@@ -7,7 +7,7 @@ import time
 
 from runner import hookimpl
 from runner.components import Sink
-from runner.display import silence
+from runner.display import show
 from runner.schema import obj
 
 
@@ -46,7 +46,7 @@ class ConsoleSink(Sink):
 
     def flush(self):
         if self.closed:  # outputs delivered since were not shown
-            raise BrokenPipeError(errno.EPIPE, "standard output was closed by its reader")
+            raise _closed()
         return None
 
     def display(self, lines):
@@ -66,14 +66,13 @@ class ConsoleSink(Sink):
             self._show(shown)
 
     def _show(self, lines: list[str]) -> None:
-        if self.closed:
-            raise BrokenPipeError(errno.EPIPE, "standard output was closed by its reader")
-        try:
-            print("\n".join(lines), flush=True)
-        except BrokenPipeError:
+        if self.closed or not show("\n".join(lines)):
             self.closed = True
-            silence()
-            raise
+            raise _closed()
+
+
+def _closed() -> BrokenPipeError:
+    return BrokenPipeError(errno.EPIPE, "standard output was closed by its reader")
 
 
 @hookimpl
