@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from dataclasses import dataclass, field
 
+import jsonschema
 import pluggy
 
 from runner import hookspecs
@@ -26,6 +28,8 @@ BUILTINS = (
 )
 
 KINDS = {"sources": Source, "stages": Stage, "sinks": Sink}
+_JSON_TYPES = ("string", "number", "integer", "boolean", "object", "array", "null")
+_SCHEMA_CHECKED: set[type] = set()  # classes whose config_schema passed the metaschema (checked once)
 
 
 @dataclass
@@ -54,9 +58,33 @@ def build_manager(extra_modules: list[str] = ()) -> pluggy.PluginManager:
                 module = importlib.import_module(name)
             except ImportError as exc:
                 raise ConfigError([f"plugins: cannot import {name!r}: {exc}"]) from None
-            pm.register(module, name)
-    pm.check_pending()
+            except Exception as exc:  # the module's own code failed: a plugin author's mistake
+                raise ConfigError([f"plugins: cannot import {name!r}: it raised {_describe(exc)}"]) from None
+            try:
+                pm.register(module, name)
+            except pluggy.PluginValidationError as exc:
+                raise ConfigError([f"plugin {name}: {exc}"]) from None
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise ConfigError([_unknown_hook(pm, exc)]) from None
     return pm
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _unknown_hook(pm: pluggy.PluginManager, exc: pluggy.PluginValidationError) -> str:
+    """``check_pending``'s complaint as one line naming the plugin, the hook and the likely one meant."""
+    name = pm.get_name(exc.plugin) or repr(exc.plugin)
+    known = sorted(n for n in dir(hookspecs) if n.startswith("runner_"))
+    for hook in (h for h in pm.hook.__dict__ if h.startswith("runner_") and h not in known):
+        if any(impl.plugin is exc.plugin for impl in getattr(pm.hook, hook).get_hookimpls()):
+            close = difflib.get_close_matches(hook, known, n=1)
+            hint = f'; did you mean "{close[0]}"?' if close else f" (the hooks are {', '.join(known)})"
+            return f'plugin {name}: unknown hook "{hook}"{hint}'
+    return f"plugin {name}: {exc}"
 
 
 def load(extra_modules: list[str] = ()) -> Registry:
@@ -66,14 +94,32 @@ def load(extra_modules: list[str] = ()) -> Registry:
     for kind, base in KINDS.items():
         hook = getattr(pm.hook, f"runner_register_{kind}")
         for impl in hook.get_hookimpls():  # registration order
-            for cls in impl.function() or ():
-                _add(registry, kind, base, cls, pm.get_name(impl.plugin) or impl.plugin_name)
+            origin = pm.get_name(impl.plugin) or impl.plugin_name
+            try:
+                classes = impl.function() or ()
+            except Exception as exc:
+                raise ConfigError([f"plugin {origin}: runner_register_{kind} raised {_describe(exc)}"]) from None
+            for cls in classes:
+                _add(registry, kind, base, cls, origin)
     return registry
 
 
 def _add(registry: Registry, kind: str, base: type, cls: type, origin: str) -> None:
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise ConfigError([f"plugin {origin} registered {cls!r} as a {kind[:-1]}, which is not a {base.__name__} subclass"])
+    where = f"plugin {origin}: {kind[:-1]} class {cls.__module__}.{cls.__qualname__}"
+    if not (isinstance(getattr(cls, "type", None), str) and cls.type):
+        raise ConfigError([f"{where} has no `type` (a string: the name pipelines give it as type:)"])
+    if cls not in _SCHEMA_CHECKED:
+        try:
+            jsonschema.Draft202012Validator.check_schema(cls.config_schema)
+        except jsonschema.SchemaError as exc:
+            at = "".join(f"[{p!r}]" for p in exc.absolute_path)
+            problem = exc.message
+            if list(exc.absolute_path)[-1:] == ["type"]:
+                problem = f"{exc.instance!r} is not a JSON Schema type ({', '.join(_JSON_TYPES)})"
+            raise ConfigError([f"{where}: config_schema{at} is not a valid JSON Schema: {problem}"]) from None
+        _SCHEMA_CHECKED.add(cls)
     table = registry.kind(kind)
     other = table.get(cls.type)
     if other is not None and other is not cls:

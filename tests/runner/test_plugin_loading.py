@@ -1,0 +1,59 @@
+"""A pipeline's ``plugins:`` modules with an author's mistake in them: one error line naming
+the module (and class) and what is wrong, exit 2, no traceback."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+STAGE = """
+from runner import hookimpl
+from runner.components import Stage
+
+class {cls}(Stage):
+{body}
+
+@hookimpl
+def runner_register_stages():
+    return [{cls}]
+"""
+
+MODULES = {
+    "misspelled_hook": (
+        "from runner import hookimpl\n\n@hookimpl\ndef runner_register_stage():\n    return []\n",
+        'p.yaml:2: plugin misspelled_hook: unknown hook "runner_register_stage"; '
+        'did you mean "runner_register_stages"?'),
+    "raises_on_import": (
+        'raise RuntimeError("no settings for me")\n',
+        "p.yaml:2: plugins: cannot import 'raises_on_import': it raised RuntimeError: no settings for me"),
+    "typeless": (
+        STAGE.format(cls="NoType", body="    pass"),
+        "p.yaml:2: plugin typeless: stage class typeless.NoType has no `type` "
+        "(a string: the name pipelines give it as type:)"),
+    "bad_schema": (
+        STAGE.format(cls="Misspelled", body='    type = "misspelled"\n    config_schema = '
+                     '{"type": "object", "properties": {"field": {"type": "strng"}}}'),
+        "p.yaml:2: plugin bad_schema: stage class bad_schema.Misspelled: config_schema['properties']['field']"
+        "['type'] is not a valid JSON Schema: 'strng' is not a JSON Schema type "
+        "(string, number, integer, boolean, object, array, null)"),
+    "raises_on_register": (
+        "from runner import hookimpl\n\n@hookimpl\ndef runner_register_sinks():\n    return 1 / 0\n",
+        "p.yaml:2: plugin raises_on_register: runner_register_sinks raised ZeroDivisionError: division by zero"),
+}
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_a_broken_plugin_module_is_one_line_naming_it(tmp_path, module):
+    text, expected = MODULES[module]
+    (tmp_path / f"{module}.py").write_text(text)
+    (tmp_path / "p.yaml").write_text(f"name: p\nplugins: [{module}]\nsource: {{type: file, path: e.jsonl}}\n"
+                                     "dlq: {type: jsonl, path: d.jsonl}\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    for command in ("validate", "run"):
+        proc = subprocess.run([sys.executable, "-m", "runner.cli", command, "p.yaml"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert (proc.returncode, proc.stderr.splitlines()) == (2, [expected]), proc.stderr
