@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from runner.components import RunnerError
-from runner.engine import build_stages
+from runner.engine import build_stages, check_state, fingerprints_of
 from runner.state import LmdbStore, take_lock
 from runner.times import format_ms, format_watermark
 
@@ -18,6 +18,8 @@ def dump_state(pipeline) -> dict:
     """The last checkpoint, read without a lock (the pipeline may be running)."""
     settings = pipeline.settings
     path = Path(settings["state"]["path"])
+    if path.exists() and not path.is_dir():
+        raise RunnerError(f"state.path {path} is not a directory")
     try:
         store = LmdbStore(path, readonly=True)
     except FileNotFoundError:
@@ -25,10 +27,10 @@ def dump_state(pipeline) -> dict:
     try:
         if store.meta("checkpoint") is None:
             return dict(NEVER_RAN)
-        if store.meta("pipeline") != settings["name"]:
-            raise RunnerError(f"the state at {path} belongs to pipeline {store.meta('pipeline')!r}, not {settings['name']!r}")
+        built = build_stages(pipeline)
+        check_state(store, settings, fingerprints_of(built))  # what run refuses, dump must not misread
         stages = {}
-        for stage in build_stages(pipeline):
+        for stage in built:
             part = stage.dump(store.table(stage.name))
             if part is not None:
                 stages[stage.name] = part
@@ -44,14 +46,42 @@ def dump_state(pipeline) -> dict:
         store.close()
 
 
+STATE_FILES = {"data.mdb", "lock.mdb", "runner.lock"}  # all that a state directory holds
+
+
 def reset_state(pipeline) -> bool:
-    """Delete the pipeline's state directory; refuses while a runner holds it. False if none."""
-    path = Path(pipeline.settings["state"]["path"])
+    """Delete the pipeline's state directory; refuses while a runner holds it, and a directory
+    that holds anything but a state, or the state of another pipeline. False if none."""
+    settings = pipeline.settings
+    path = Path(settings["state"]["path"])
     if not path.exists():
         return False
+    if not path.is_dir():
+        raise RunnerError(f"state.path {path} is not a directory: nothing deleted")
+    foreign = sorted(entry.name for entry in path.iterdir() if entry.name not in STATE_FILES)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise RunnerError(f"{path} holds more than a runner's state ({shown}): nothing deleted; "
+                          f"is state.path the directory you meant?")
     lock = take_lock(path)  # raises RunnerError while a runner is using it
     try:
+        owner = _owner(path)
+        if owner is not None and owner != settings["name"]:
+            raise RunnerError(f"the state at {path} belongs to pipeline {owner!r}, not {settings['name']!r}: "
+                              f"nothing deleted")
         shutil.rmtree(path)
     finally:
         lock.close()
     return True
+
+
+def _owner(path: Path) -> str | None:
+    """The pipeline that wrote the state at ``path`` (None: none was ever committed)."""
+    try:
+        store = LmdbStore(path, readonly=True)
+    except FileNotFoundError:
+        return None
+    try:
+        return store.meta("pipeline")
+    finally:
+        store.close()

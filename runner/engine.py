@@ -49,8 +49,12 @@ def open_store(settings: dict, readonly: bool = False) -> Store:
     return LmdbStore(state["path"], readonly=readonly)
 
 
+def fingerprints_of(stages: list) -> dict:
+    return {stage.name: stage.fingerprint() for stage in stages if stage.fingerprint() is not None}
+
+
 def check_state(store: Store, settings: dict, fingerprints: dict) -> None:
-    """Refuse a state written by another pipeline, another format or other window definitions."""
+    """Refuse a state written by another pipeline, another format or other stage definitions."""
     fmt = store.meta("format")
     if fmt is None:
         return
@@ -68,9 +72,19 @@ def check_state(store: Store, settings: dict, fingerprints: dict) -> None:
         if before is not None and before != now:
             changed = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
                                 if before.get(k) != now.get(k))
-            raise RunnerError(f"stage {stage} was checkpointed with another window definition ({changed}); "
-                              f"its open windows cannot be read with the new one: run 'runner state reset' "
+            raise RunnerError(f"stage {stage} was checkpointed with another definition ({changed}); "
+                              f"its state cannot be read with the new one: run 'runner state reset' "
                               f"to start over, or restore the old definition")
+
+
+def orphaned_state(store: Store, stages: list) -> list[str]:
+    """Warnings for tables of the state that no stage of the pipeline reads (a stage renamed
+    or removed): their state is kept, unused, and the stage under the new name starts empty."""
+    names = {stage.name for stage in stages}
+    orphans = {name: count for name, count in store.table_sizes().items() if name not in names and count}
+    return [f"WARNING: the state holds {count:,} entr{'y' if count == 1 else 'ies'} of stage {name!r}, which this pipeline no longer has: "
+            f"a renamed stage starts empty under its new name (rename it back to go on from its state); "
+            f"the old state stays unused until 'runner state reset'" for name, count in sorted(orphans.items())]
 
 
 class Runner:
@@ -110,9 +124,14 @@ class Runner:
         self.source, = build(self.pipeline, "source")
         self.max_bytes = s["source"].get("max_record_bytes", 1 << 20)
         self.stages = build_stages(self.pipeline)
-        fingerprints = {st.name: st.fingerprint() for st in self.stages if st.fingerprint() is not None}
+        fingerprints = fingerprints_of(self.stages)
         self.store = open_store(s)
         check_state(self.store, s, fingerprints)
+        for warning in orphaned_state(self.store, self.stages):
+            self.log(warning, file=sys.stderr)
+        # a stage renamed or removed keeps its stored definition: its state is still there, and
+        # must not be read under the old name with another definition later
+        fingerprints = {**(self.store.meta("fingerprints") or {}), **fingerprints}
         self.meta_fixed = {"format": FORMAT, "pipeline": s["name"], "fingerprints": fingerprints}
         number = self.store.meta("checkpoint", 0)
 

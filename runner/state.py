@@ -249,6 +249,10 @@ class Store:
         Returns once they are captured (later changes are the next checkpoint's); the
         transaction is on disk once ``in_flight`` no longer counts it."""
 
+    def table_sizes(self) -> dict[str, int]:
+        """Every stored table's name and number of entries (those never committed: none)."""
+        return {}
+
     def in_flight(self, wait: bool = False) -> int:
         """How many commits are not on disk yet (none once ``wait`` has waited for them all);
         raises what writing one raised."""
@@ -411,6 +415,11 @@ class LmdbStore(Store):
         raw = None if db is None else self._rtxn.get(key.encode(), db=db)
         return default if raw is None else pickle.loads(raw)
 
+    def table_sizes(self):
+        names = [key.decode()[2:] for key in self._rtxn.cursor().iternext(keys=True, values=False) if key[:2] == b"t:"]
+        dbs = {name: self._db("t:" + name) for name in names}  # first: opening one renews the read transaction
+        return {name: self._rtxn.stat(db)["entries"] for name, db in dbs.items()}
+
     def outbox(self):
         if self._dbs.get(_OUTBOX) is None:
             return []
@@ -554,6 +563,8 @@ def take_lock(path: Path):
 
 
 def _open_lock(path: Path):
+    if path.exists() and not path.is_dir():
+        raise RunnerError(f"state.path {path} is not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

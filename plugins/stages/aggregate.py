@@ -62,6 +62,9 @@ class Aggregate(Stage):
         self.milestones = [(self.aggregations.names.index(m), m, step) for m, step in config.get("milestones", {}).items()]
         self.display = config.get("display") or {}
 
+    def fingerprint(self):
+        return {"type": self.type, "key_by": self.key_by, "aggregations": self.config["aggregations"]}
+
     def build(self, table, emit):
         return AggregateProcessor(self, table, emit)
 
