@@ -183,7 +183,7 @@ class Document:
             self.findings.append(Finding(("--set",), f"--set {text}: expected PATH=VALUE", set_text=text))
             return
         try:
-            container, key, path = self._resolve(target.split("."))
+            container, key, path = self._resolve(_split_path(target))
         except LookupError as exc:
             self.findings.append(Finding(("--set",), f"--set {text}: {exc.args[0]}", set_text=text))
             return
@@ -212,6 +212,7 @@ class Document:
                 return node, key, path + (key,)
             if isinstance(node, dict) and node.get(key) is None:
                 node[key] = {}  # `--set event_time.grace=5s` works without an event_time section
+                self.overrides[path + (key,)] = self.applied[-1]  # an error about it is the --set's
             node, path = node[key], path + (key,)
         raise AssertionError("unreachable")
 
@@ -259,6 +260,21 @@ class Document:
 
     def _set_rank(self, text: str) -> int:
         return self.applied.index(text) if text in self.applied else len(self.applied)
+
+
+_INDEXED = re.compile(r"([^\[\]]+)((?:\[\d+\])+)")
+
+
+def _split_path(target: str) -> list[str]:
+    """``stages.2.size`` or, as error messages print it, ``stages[2].size``: the parts to resolve."""
+    parts = []
+    for piece in target.split("."):
+        match = _INDEXED.fullmatch(piece)
+        if match:
+            parts += [match.group(1), *re.findall(r"\d+", match.group(2))]
+        else:
+            parts.append(piece)
+    return parts
 
 
 def item_name(item: Any) -> Any:

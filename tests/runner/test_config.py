@@ -448,6 +448,28 @@ def test_set_unknown_path(pipeline_file):
     assert errors(path, ["nothing"]) == ["--set nothing: expected PATH=VALUE"]
 
 
+def test_a_section_a_set_made_is_blamed_on_the_set_not_the_file(pipeline_file):
+    path = pipeline_file(GOOD)
+    assert errors(path, ["event_tme.grace=5s"]) == [
+        '--set event_tme.grace=5s: event_tme: unknown key "event_tme"; did you mean "event_time"?'
+    ]
+    assert errors(path, ["stages.validate.options.strict=true"]) == [
+        '--set stages.validate.options.strict=true: stages[0].options: unknown key "options"'
+    ]
+
+
+def test_set_takes_paths_as_error_messages_print_them(pipeline_file):
+    path = pipeline_file(GOOD)
+    p = load(path, ["stages[2].size=10m", "sinks[1].path=elsewhere.jsonl"], registry=registry())
+    assert p.settings["stages"][2]["size"] == "10m"
+    assert p.settings["sinks"][1]["path"] == "elsewhere.jsonl"
+    assert p.where(("stages", 2, "size")) == "--set stages[2].size=10m"
+    assert errors(path, ["stages[2].size=five"]) == [
+        '--set stages[2].size=five: stages[2].size: expected a duration like 5m, got "five"'
+    ]
+    assert errors(path, ["stages[9].size=5m"]) == ["--set stages[9].size=5m: no stages[9] (stages has 3 items)"]
+
+
 def test_errors_in_set_values_name_the_set(pipeline_file):
     path = pipeline_file(GOOD)
     assert errors(path, ["stages.tumbling_window.size=five", "checkpoint.every_ms=-1"]) == [
