@@ -19,7 +19,7 @@ class JsonlSink(Sink):
     type = "jsonl"
     exactly_once = True
     config_schema = obj({
-        "path": {"type": "string", "description": "the file to append to (its directory is created)"},
+        "path": {"type": "string", "minLength": 1, "description": "the file to append to (its directory is created)"},
     }, required=("path",), description="Writes results (or dead letters) as JSON lines, exactly once across crashes.")
 
     def __init__(self, config, context):

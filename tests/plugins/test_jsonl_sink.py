@@ -67,3 +67,15 @@ def test_a_sink_whose_write_fails_does_not_keep_the_others_from_their_outputs(tm
             sink.close()
     for name in "ab":
         assert (tmp_path / f"{name}.jsonl").read_bytes() == b'{"n":1}\n{"n":2}\n', name
+
+
+@pytest.mark.parametrize("where", ["dlq", "sinks.jsonl"])
+def test_an_empty_path_is_refused_by_validate(tmp_path, monkeypatch, capsys, where):
+    from runner.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.yaml").write_text("name: p\nsource: {type: file, path: e.jsonl}\ndlq: {type: jsonl, path: d.jsonl}\n"
+                                     "sinks:\n  - type: jsonl\n    path: out.jsonl\n")
+    assert main(["validate", "p.yaml", "--set", f"{where}.path="]) == 2
+    at = "dlq" if where == "dlq" else "sinks[0]"
+    assert capsys.readouterr().err.splitlines() == [f"--set {where}.path=: {at}.path: must not be empty"]
