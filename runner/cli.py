@@ -40,17 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a pipeline until stopped (or to the end of its input)")
-    run.add_argument("pipeline", help="the pipeline YAML file")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
-                     help="override a YAML value, e.g. --set checkpoint.every_events=500 (repeatable)")
+    _pipeline_arguments(run)
     run.add_argument("--until-end", action="store_true", help="stop at the end of the input present at start")
     run.add_argument("--drain", action="store_true",
                      help="like --until-end, then close every open window and session (for good)")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a pipeline file and every plugin's config")
-    validate.add_argument("pipeline")
-    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    _pipeline_arguments(validate)
     validate.set_defaults(func=cmd_validate)
 
     plugs = sub.add_parser("plugins", help="list sources, stages and sinks with their config keys")
@@ -58,19 +55,34 @@ def build_parser() -> argparse.ArgumentParser:
     plugs.set_defaults(func=cmd_plugins)
 
     state = sub.add_parser("state", help="inspect or delete a pipeline's persisted state")
+    state.set_defaults(func=lambda args: _usage(state, "state needs an action: dump or reset"))
     state_sub = state.add_subparsers(metavar="ACTION")
     dump = state_sub.add_parser("dump", help="print the last checkpoint as JSON")
-    dump.add_argument("pipeline")
-    dump.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    _pipeline_arguments(dump)
     dump.set_defaults(func=cmd_state_dump)
     reset = state_sub.add_parser("reset", help="delete the pipeline's state")
-    reset.add_argument("pipeline")
-    reset.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    _pipeline_arguments(reset)
     reset.add_argument("--yes", action="store_true", help="do not ask")
     reset.set_defaults(func=cmd_state_reset)
 
     plugins.build_manager().hook.runner_register_commands(subparsers=sub)
     return parser
+
+
+def _pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pipeline", help="the pipeline YAML file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                        help="override a YAML value, e.g. --set checkpoint.every_events=500 (repeatable)")
+
+
+def _usage(parser: argparse.ArgumentParser, message: str) -> int:
+    parser.print_help(sys.stderr)
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def cmd_run(args) -> int:
@@ -83,7 +95,7 @@ def cmd_run(args) -> int:
 def cmd_validate(args) -> int:
     pipeline = config.load(args.pipeline, args.overrides)
     print(f"{args.pipeline}: valid pipeline {pipeline.settings['name']!r} "
-          f"({len(pipeline.settings['stages'])} stages, {len(pipeline.settings['sinks'])} sinks)")
+          f"({_count(len(pipeline.settings['stages']), 'stage')}, {_count(len(pipeline.settings['sinks']), 'sink')})")
     return 0
 
 
@@ -92,6 +104,8 @@ def cmd_plugins(args) -> int:
     if args.schema:
         print(json.dumps(config.pipeline_schema(registry), indent=2))
         return 0
+    for line in _common_keys():
+        print(line)
     for kind in ("sources", "stages", "sinks"):
         print(f"{kind}:")
         for name, cls in sorted(registry.kind(kind).items()):
@@ -102,9 +116,25 @@ def cmd_plugins(args) -> int:
                 print(f"      {schema['description']}")
             required = set(schema.get("required", ()))
             for key, prop in schema.get("properties", {}).items():
-                default = "required" if key in required else f"default {json.dumps(prop.get('default'))}"
-                print(f"      {key:<18} {prop.get('description', '')} ({default})")
+                description = prop.get("description", "")
+                if key in required:
+                    description += " (required)"
+                elif "(default" not in description:  # some say what their default means themselves
+                    description += f" (default {json.dumps(prop.get('default'))})"
+                print(f"      {key:<18} {description.strip()}")
     return 0
+
+
+def _common_keys() -> list[str]:
+    """What every component takes beside its own keys (``config.SECTIONS``), as lines."""
+    props = config.top_schema()["properties"]
+    lines = ["keys every component takes beside its own:"]
+    for section, (_, common) in config.SECTIONS.items():
+        keys = props[section]["items"]["properties"] if section in ("stages", "sinks") else props[section]["properties"]
+        where = f"each of {section}:" if section in ("stages", "sinks") else f"{section}:"
+        described = ", ".join(f"{key} ({keys[key]['description']})" for key in common)
+        lines.append(f"  {where:<18} {described}")
+    return lines
 
 
 def cmd_state_dump(args) -> int:

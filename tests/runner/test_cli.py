@@ -187,3 +187,32 @@ def test_generate_into_a_file_that_cannot_be_written_says_so(tmp_path, capsys, o
     out, reason = out.format(tmp=tmp_path), reason.format(tmp=tmp_path)
     assert main(["generate", "--out", out, "--count", "5"]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == f"error: cannot write --out {out}: {reason}"
+
+
+def test_validate_counts_in_the_singular_and_plural(workdir, capsys):
+    assert main(["validate", write(workdir, BASE)]) == 0
+    assert capsys.readouterr().out.endswith("valid pipeline 'p' (2 stages, 1 sink)\n")
+
+
+def test_state_without_an_action_shows_the_state_help(capsys):
+    assert main(["state"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: runner state") and "print the last checkpoint as JSON" in err
+    assert err.splitlines()[-1] == "error: state needs an action: dump or reset"
+
+
+@pytest.mark.parametrize("command", [["run"], ["validate"], ["state", "dump"], ["state", "reset"]])
+def test_every_pipeline_command_explains_its_arguments(command, capsys):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "pipeline the pipeline YAML file" in out
+    assert "override a YAML value, e.g. --set checkpoint.every_events=500 (repeatable)" in out
+
+
+def test_plugins_lists_the_common_keys_once_and_each_default_once(capsys):
+    assert main(["plugins"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.count("(default") > 1] == []
+    assert any(line.split()[:3] == ["each", "of", "stages:"] and "to (sink names" in line for line in lines)
+    assert any(line.split()[:3] == ["each", "of", "sinks:"] and "name (unique" in line for line in lines)
