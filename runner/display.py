@@ -62,6 +62,29 @@ class _Fields(dict):
         return "{" + key + "?}"
 
 
+def template_problems(template: str | None, fields) -> list[str]:
+    """What would keep ``template`` from showing results with these ``fields``: its syntax,
+    and the names it uses that no result has (they would show as ``{name?}``)."""
+    if not template:
+        return []
+    try:
+        names = [name for _, name, _, _ in _formatter.parse(template) if name is not None]
+    except ValueError as exc:
+        return [f"cannot be displayed: {exc}"]
+    unknown = sorted({_head(name) for name in names} - set(fields))
+    if not unknown:
+        return []
+    return [f"no field {', '.join(map(repr, unknown))} in its results (they have {', '.join(sorted(fields))})"]
+
+
+def _head(name: str) -> str:
+    """The field a replacement names (``{a.b}`` and ``{a[0]}`` name ``a``)."""
+    for i, char in enumerate(name):
+        if char in ".[":
+            return name[:i]
+    return name
+
+
 def template_schema(description: str) -> dict:
     return {"type": ["string", "null"], "default": None, "description": description}
 

@@ -9,12 +9,13 @@ from runner.aggregations import SKIP, Aggregations, Count, Sum
 from runner.aggregations import schema as aggregations_schema
 from runner.codec import compact, key_text
 from runner.components import Processor, ProcessingError, Stage
-from runner.display import render, template_schema
+from runner.display import render, template_problems, template_schema
 from runner.outputs import result_id
 from runner.schema import duration, obj
 from runner.times import duration_ms
 
 MILESTONE_KINDS = ("count", "count_distinct", "sum")
+MILESTONE_FIELDS = ("id", "stage", "key", "milestone", "value")  # a milestone result's
 
 
 class Aggregate(Stage):
@@ -50,9 +51,12 @@ class Aggregate(Stage):
             if kind not in MILESTONE_KINDS:
                 problems.append((("milestones", metric), f"milestones need a count, count_distinct or sum aggregation, "
                                                         f"and {metric!r} is {'not one' if spec is None else kind}"))
-        top = (config.get("display") or {}).get("top")
+        display = config.get("display") or {}
+        top = display.get("top")
         if top and top["by"] not in aggs:
             problems.append((("display", "top", "by"), f"no aggregation named {top['by']!r}"))
+        for part, fields in (("line", ["key", *aggs]), ("milestone", MILESTONE_FIELDS)):
+            problems += [(("display", part), problem) for problem in template_problems(display.get(part), fields)]
         return problems
 
     def __init__(self, config, context):

@@ -31,6 +31,8 @@ class Session(WindowStage):
         description="Per-key sessions of events at most gap apart; results carry duration_s.")
     config_schema["properties"]["key_by"] = {"type": "string", "description": "the event field that identifies whose session it is"}
 
+    RESULT_FIELDS = (*WindowStage.RESULT_FIELDS, "duration_s")
+
     def __init__(self, config, context):
         super().__init__(config, context)
         self.gap = duration_ms(config["gap"])

@@ -15,7 +15,7 @@ from runner.aggregations import Aggregations
 from runner.aggregations import schema as aggregations_schema
 from runner.codec import compact, key_text
 from runner.components import ProcessingError, Processor, Stage
-from runner.display import render, template_schema
+from runner.display import render, template_problems, template_schema
 from runner.outputs import result_id
 from runner.schema import duration, obj
 from runner.times import duration_ms, format_ms
@@ -29,7 +29,8 @@ def window_properties(extra: dict) -> dict:
                    "description": "the event field to window per key (absent or null: key null); none: one global window"},
         **extra,
         "aggregations": aggregations_schema(),
-        "display": template_schema("how a result shows on the console, e.g. '[TUMBLING WINDOW] {window_start:hm} - {window_end:hm}  Total Views: {events}'"),
+        "display": template_schema("how a result shows on the console, its fields in braces, e.g. "
+                                   "'{key}: {window_start:hm} - {window_end:hm}  {events} events'"),
     }
 
 
@@ -37,6 +38,12 @@ class WindowStage(Stage):
     """What every window stage shares: event time, late events, results and the dump."""
 
     windowed = True
+    RESULT_FIELDS = ("id", "stage", "key", "window_start", "window_end")  # and the aggregations
+
+    @classmethod
+    def lint(cls, config):
+        fields = [*cls.RESULT_FIELDS, *config["aggregations"]]
+        return [(("display",), problem) for problem in template_problems(config.get("display"), fields)]
 
     def __init__(self, config, context):
         super().__init__(config, context)
@@ -201,13 +208,14 @@ class Hopping(TimeWindow):
 
     @classmethod
     def lint(cls, config):
+        problems = super().lint(config)
         try:
             size, advance = duration_ms(config["size"]), duration_ms(config["advance"])
         except ValueError:
-            return []  # reported by the schema checks
+            return problems  # reported by the schema checks
         if advance and size % advance:
-            return [(("advance",), f"advance ({config['advance']}) must divide size ({config['size']}) evenly")]
-        return []
+            problems.append((("advance",), f"advance ({config['advance']}) must divide size ({config['size']}) evenly"))
+        return problems
 
 
 @hookimpl
