@@ -187,8 +187,9 @@ class Runner:
         if not self.store.persistent:
             self.log(f"[{name}] state is in memory: nothing is restored or persisted")
         elif number == 0:
-            self.log(f"[{name}] no checkpoint in {self.settings['state']['path']}: starting fresh "
-                     f"(auto_offset_reset={self.settings['source'].get('auto_offset_reset', 'earliest')})")
+            reset = self.settings["source"].get("auto_offset_reset")  # a Kafka source's: where it starts
+            self.log(f"[{name}] no checkpoint in {self.settings['state']['path']}: starting fresh"
+                     + (f" (auto_offset_reset={reset})" if reset else ""))
         else:
             where = ", ".join(f"{p}={o}" for p, o in sorted(offsets.items()))
             size = self.store.size_bytes() / (1 << 20)
@@ -295,10 +296,15 @@ class Runner:
         total = sum(max(0, end - start.get(p, 0)) for p, end in stop.items())
         done = sum(max(0, min(self.positions.get(p, 0), end) - start.get(p, 0)) for p, end in stop.items())
         if total:
-            shown = format_watermark(self.tracker.watermark) if self.tracker else None
-            watermark = f"; watermark {shown}" if shown else ""  # none before the first event
+            shown = self._watermark()
+            watermark = f"; watermark {shown}" if shown else ""
             self.log(f"[{self.settings['name']}] {done:,} of {total:,} records ({done / total:.1%}), "
                      f"{done / seconds:,.0f}/s{watermark}", file=sys.stderr)
+
+    def _watermark(self) -> str | None:
+        """The pipeline watermark as status lines show it; None without window stages, or
+        before the first event."""
+        return format_watermark(self.tracker.watermark) if self.tracker else None
 
     def _reached_end(self) -> bool:
         if self.stop is None:
@@ -455,6 +461,7 @@ class Runner:
         self.source.close()
         self.store.close()
         self.stopped = True
+        shown = self._watermark()
+        watermark = f", watermark {shown}" if shown else ""
         self.log(f"[{self.settings['name']}] stopped cleanly after {self.processed} records; "
-                 f"checkpoint {self.checkpoint.number}, watermark "
-                 f"{format_watermark(self.tracker.watermark) if self.tracker else None}")
+                 f"checkpoint {self.checkpoint.number}{watermark}")

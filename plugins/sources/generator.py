@@ -13,7 +13,7 @@ import time
 
 from plugins.clickstream import UNPACED_EVENT_RATE, ClickGenerator
 from runner import hookimpl
-from runner.components import Record, RunnerError, Source
+from runner.components import ConfigError, Record, Source
 from runner.schema import obj, source_common
 from runner.times import InvalidTime, parse_event_time
 
@@ -105,8 +105,8 @@ class GeneratorSource(Source):
 
     def end_offsets(self) -> dict[str, int]:
         if self.count is None:
-            raise RunnerError("--until-end needs generator.count (and so does --drain): the generator "
-                              "source is endless without it; set source.count, e.g. --set source.count=10000")
+            raise ConfigError(["--until-end needs generator.count (and so does --drain): the generator "
+                               "source is endless without it; set source.count, e.g. --set source.count=10000"])
         return {KEY: self.count}
 
     def poll(self, timeout: float) -> list[Record]:

@@ -13,7 +13,7 @@ from plugins.clickstream import UNPACED_EVENT_RATE, ClickGenerator
 from plugins.sources import generator as generator_module
 from plugins.sources.generator import GeneratorSource
 from runner import hookspecs
-from runner.components import Context, Record, RunnerError
+from runner.components import ConfigError, Context, Record
 from runner.times import parse_event_time
 
 KEY = "generator/0"
@@ -106,7 +106,7 @@ def test_open_poll_and_end_offsets():
 def test_end_offsets_needs_a_count():
     src = source(rate=0)
     src.open({})
-    with pytest.raises(RunnerError, match="--until-end needs generator.count"):
+    with pytest.raises(ConfigError, match="--until-end needs generator.count"):  # bad usage: exit 2
         src.end_offsets()
 
 

@@ -187,6 +187,14 @@ def endless_runner(tmp_path, sink: dict) -> tuple[Runner, list[str]]:
     return Runner(config.load(str(path)), log=lambda *a, **k: lines.append(" ".join(map(str, a)))), lines
 
 
+def test_status_lines_name_only_what_the_pipeline_has(tmp_path):
+    runner, lines = endless_runner(tmp_path, {"type": "jsonl", "path": str(tmp_path / "out.jsonl")})
+    runner.stop_requested = True  # no window stage, no Kafka source
+    assert runner.run() == 0
+    assert lines[0] == f"[endless] no checkpoint in {tmp_path / 'state'}: starting fresh"
+    assert lines[-1] == "[endless] stopped cleanly after 0 records; checkpoint 1"
+
+
 @pytest.mark.parametrize("by_signal", [True, False])
 def test_a_stop_by_signal_is_clean_and_says_which_signal(tmp_path, by_signal):
     runner, lines = endless_runner(tmp_path, {"type": "jsonl", "path": str(tmp_path / "out.jsonl")})
