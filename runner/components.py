@@ -206,21 +206,26 @@ class Processor:
         """Handle a batch of events in order; return those that go on down the chain.
 
         The default calls ``process_one`` for each event and sends an event whose call
-        raises to the DLQ as a processing error. Batches are cut at checkpoints: never
-        rely on their size.
+        raises to the DLQ as a processing error, after taking back what the call put in
+        or deleted from the table and the results it emitted (CONTRACT section 4: a failed
+        event leaves no trace). Batches are cut at checkpoints: never rely on their size.
         """
-        passed = []
-        for event in events:
-            try:
-                event = self.process_one(event)
-            except ProcessingError as exc:
-                self.fail(event, exc)
-                continue
-            except Exception as exc:
-                self.fail(event, ProcessingError(f"{type(exc).__name__}: {exc}"))
-                continue
-            if event is not None:
-                passed.append(event)
+        passed, table, emit = [], self.table, self.emit
+        try:
+            for event in events:
+                table.journal, emitted = [], len(emit.pending)
+                try:
+                    event = self.process_one(event)
+                except Exception as exc:
+                    table.undo(table.journal)
+                    del emit.pending[emitted:]
+                    error = exc if isinstance(exc, ProcessingError) else ProcessingError(f"{type(exc).__name__}: {exc}")
+                    self.fail(event, error)
+                    continue
+                if event is not None:
+                    passed.append(event)
+        finally:
+            table.journal = None
         return passed
 
     def fail(self, event: Event, error: ProcessingError) -> None:
@@ -229,8 +234,9 @@ class Processor:
 
     def process_one(self, event: Event) -> Event | None:
         """Return the event (changed or not) to pass it on, None to drop it; raise
-        ``ProcessingError`` to send it to the DLQ. Make changes to state only once the
-        event is known to be good: a processing error must leave no trace."""
+        ``ProcessingError`` to send it to the DLQ. Its ``table.put``/``delete`` calls and
+        results are then taken back; a value changed in place is not: change a copy, or
+        raise before changing it."""
         return event
 
     def advance(self, watermark: float) -> None:

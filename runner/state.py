@@ -182,6 +182,7 @@ class Table:
         # key -> what its stored value refers to (as read or written): {Frozen id: None,
         # FrozenList id: its length}
         self.refs: dict[bytes, dict[bytes, int | None]] = {}
+        self.journal: list | None = None  # while set, (key, change it replaced) of each put and delete
 
     def get(self, key: bytes, default=None):
         value = self.dirty.get(key, _MISSING)
@@ -196,10 +197,23 @@ class Table:
 
     def put(self, key: bytes, value) -> None:
         """Record a change; a value mutated after ``put`` is written as it is at the checkpoint."""
+        if self.journal is not None:
+            self.journal.append((key, self.dirty.get(key, _MISSING)))
         self.dirty[key] = value
 
     def delete(self, key: bytes) -> None:
+        if self.journal is not None:
+            self.journal.append((key, self.dirty.get(key, _MISSING)))
         self.dirty[key] = _DELETED
+
+    def undo(self, journal: list) -> None:
+        """Take back the puts and deletes that ``journal`` recorded (not changes made inside
+        a value in place)."""
+        for key, before in reversed(journal):
+            if before is _MISSING:
+                del self.dirty[key]
+            else:
+                self.dirty[key] = before
 
     def items(self) -> Iterator[tuple[bytes, Any]]:
         """Every (key, value), in key order, uncommitted changes included."""

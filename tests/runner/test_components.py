@@ -1,0 +1,49 @@
+"""What a plugin's stage may rely on from the base classes."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from runner.components import Event, ProcessingError, Processor, Record
+from runner.outputs import Emitter
+from runner.state import MemoryStore
+
+
+class Halfway(Processor):
+    """Counts every event and emits a result for it, then fails on odd offsets, after both."""
+
+    def __init__(self, table, emit, error):
+        super().__init__(SimpleNamespace(name="halfway"), table, emit)
+        self.error = error
+
+    def process_one(self, event):
+        offset = event.record.offset
+        self.table.put(b"seen", self.table.get(b"seen", 0) + 1)
+        self.table.put(b"offset/%d" % offset, offset)
+        self.table.delete(b"gone")
+        self.emit.result(self.name, "k", {"id": f"p/halfway/k/{offset}", "stage": self.name})
+        if offset % 2:
+            raise self.error(f"offset {offset} is odd")
+        return event
+
+
+@pytest.mark.parametrize("error", [ProcessingError, KeyError])
+def test_a_failed_event_leaves_no_trace_of_its_puts_deletes_or_results(error):
+    table, emit = MemoryStore().table("halfway"), Emitter("p", {"halfway": None})
+    table.put(b"gone", "kept while no good event deleted it")
+    events = [Event(Record("t", 0, offset, 0, None, b"{}"), {}, "t/0") for offset in (1, 2, 3, 4, 5)]
+    passed = Halfway(table, emit, error).process(events)
+    assert [e.record.offset for e in passed] == [2, 4]
+    assert table.get(b"seen") == 2
+    assert sorted(k for k in table.dirty if k.startswith(b"offset/")) == [b"offset/2", b"offset/4"]
+    assert table.get(b"gone") is None and table.journal is None
+    kinds = [(out.kind, out.id) for out in emit.pending]
+    assert [i for kind, i in kinds if kind == "result"] == ["p/halfway/k/2", "p/halfway/k/4"]
+    assert [i for kind, i in kinds if kind == "dlq"] == [f"p/dlq/t/0/{o}/halfway" for o in (1, 3, 5)]
+
+
+def test_a_first_event_that_fails_restores_what_was_there_before_the_batch():
+    table, emit = MemoryStore().table("halfway"), Emitter("p", {"halfway": None})
+    table.put(b"gone", "still here")
+    Halfway(table, emit, ProcessingError).process([Event(Record("t", 0, 1, 0, None, b"{}"), {}, "t/0")])
+    assert table.get(b"gone") == "still here" and table.get(b"seen") is None
