@@ -20,6 +20,23 @@ import yaml
 from runner.components import ConfigError
 
 
+# PyYAML's words for a key without its ': ' on the line before (it finds out one line late)
+_LATE_COLON = "mapping values are not allowed here"
+
+
+def _syntax_error(filename: str, exc: yaml.MarkedYAMLError) -> str:
+    """``FILE:LINE: problem`` for YAML that cannot be parsed, with where the structure it was
+    in began and what usually causes the problem."""
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark else 1
+    message = exc.problem or exc.context
+    if exc.problem and exc.context and exc.context_mark is not None and exc.context_mark.line + 1 != line:
+        message += f" ({exc.context.replace('while parsing ', 'in ')} that begins on line {exc.context_mark.line + 1})"
+    if exc.problem == _LATE_COLON:
+        message += f" (is a ': ' missing after a key on line {line - 1}, or is line {line} indented wrongly?)"
+    return f"{filename}:{line}: {message}"
+
+
 class Finding(NamedTuple):
     """One error: where it is (a path into the document) and what is wrong."""
 
@@ -84,9 +101,7 @@ class Document:
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark else 1
-            raise ConfigError([f"{filename}:{line}: {exc.problem or exc.context}"]) from None
+            raise ConfigError([_syntax_error(filename, exc)]) from None
         except yaml.YAMLError as exc:
             raise ConfigError([f"{filename}: {exc}"]) from None
         self.lines[()] = 1  # an empty file has no root node

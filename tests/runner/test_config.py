@@ -265,7 +265,14 @@ def test_duplicate_yaml_keys(pipeline_file):
 
 def test_yaml_syntax_error_has_a_line(pipeline_file):
     (line,) = errors(pipeline_file("name: x\nsource: [a\ndlq: {}\n"))
-    assert line.startswith("p.yaml:3: ")
+    assert line.startswith("p.yaml:3: ") and line.endswith("(in a flow sequence that begins on line 2)")
+
+
+def test_a_key_without_its_colon_is_pointed_at(pipeline_file):
+    # PyYAML sees the problem on the next line: the message names the line before too
+    (line,) = errors(pipeline_file("name: x\ncheckpoint:\n  every_events 100\n  every_ms: 100\n"))
+    assert line == ("p.yaml:4: mapping values are not allowed here "
+                    "(is a ': ' missing after a key on line 3, or is line 4 indented wrongly?)")
 
 
 def test_a_file_that_is_not_a_mapping(pipeline_file):
