@@ -11,7 +11,6 @@ import pytest
 from runner.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-EVENT = {"event_id": "e1", "user_id": "u1", "page_url": "/home", "timestamp": "2026-11-24T08:00:00Z"}
 
 
 def write(tmp_path, text, name="p.yaml"):
@@ -35,13 +34,6 @@ sinks:
   - type: jsonl
     path: results.jsonl
 """
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "events.jsonl").write_text(json.dumps(EVENT) + "\n")
-    return tmp_path
 
 
 def test_bad_pipeline_exits_2_naming_file_line_path_and_the_fix(workdir, capsys):

@@ -4,7 +4,7 @@ pipeline's state, and refuse what a run would refuse."""
 import pytest
 
 from runner.cli import main
-from tests.runner.test_cli import BASE, workdir, write  # noqa: F401 (workdir is a fixture)
+from tests.runner.test_cli import BASE, write
 
 
 @pytest.fixture
