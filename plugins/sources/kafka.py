@@ -76,7 +76,7 @@ class KafkaSource(Source):
         self.status = {name: (offset, None) for name, offset in positions.items()}  # (position, high watermark)
         self.down = False
         self.last_check = time.monotonic()
-        self.suspects: dict = {}  # partition -> (position, high watermark) seen beyond the end
+        self.suspects: dict = {}  # partition -> its position, seen beyond its end at the last check
         self.rewound: dict = {}  # partition -> (new position, end) after a reset, for lost()
         return positions
 
@@ -135,8 +135,12 @@ class KafkaSource(Source):
             for name, (position, high) in status.items():
                 # a position kafka-python does not know (a reset pending) stays the last known
                 self.status[name] = (self.status[name][0] if position is None else position, high)
-        if not records and time.monotonic() - self.last_check >= STATUS_EVERY_S:
-            self._check_health()
+        if time.monotonic() - self.last_check >= STATUS_EVERY_S:
+            if records:  # the broker answers; a partition may still be stuck beyond its end
+                self.last_check = time.monotonic()
+                self._reset_beyond_end()
+            else:
+                self._check_health()
         return records
 
     def _hand_over(self) -> None:
@@ -181,13 +185,15 @@ class KafkaSource(Source):
     def _reset_beyond_end(self) -> None:
         """A position past the high watermark means the broker lost data (a restarted
         in-memory broker keeps answering, with nothing, instead of OFFSET_OUT_OF_RANGE).
-        Act only on the same reading twice, 5 s apart, so a lagging leader never rewinds us."""
+        Act only when a partition is still beyond its end at the same position 5 s later,
+        so a lagging leader's moment never rewinds us; its end may have moved meanwhile
+        (producers writing to the restarted broker), and other partitions may be delivering."""
         suspects = {}
         for name, (position, high) in self.status.items():
             if high is None or position is None or position <= high:
                 continue
-            if self.suspects.get(name) != (position, high):
-                suspects[name] = (position, high)
+            if self.suspects.get(name) != position:
+                suspects[name] = position
                 continue
             self.rewound[name] = (self.restart(name, position, high), high)
         self.suspects = suspects

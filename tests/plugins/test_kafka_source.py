@@ -153,6 +153,38 @@ def test_lost_broker_is_reported_and_reading_resumes_when_it_returns(monkeypatch
         embedded.stop_broker(proc)
 
 
+def test_a_partition_left_beyond_its_end_is_rewound_while_others_deliver_and_its_end_moves(monkeypatch, capfd):
+    """The broker restarts empty and producers go on writing: the end of a partition that
+    was past its old position moves, and other partitions deliver; it must still be rewound."""
+    monkeypatch.setattr(source_module, "STATUS_EVERY_S", 0.3)
+    port = embedded.free_port()
+    servers, topic = f"127.0.0.1:{port}", "events"
+    proc = embedded.start_broker(port, {topic: 2})
+    source = make_source(servers, [topic])
+    producer = None
+    try:
+        produce(servers, topic, 0, 5)
+        source.open({})
+        assert len(read(source, 5)) == 5
+        embedded.stop_broker(proc)
+        proc = embedded.start_broker(port, {topic: 2})  # empty: partition 0 is now beyond its end
+        producer = KafkaProducer(bootstrap_servers=servers, linger_ms=0)
+        got, sent, deadline = [], 0, time.monotonic() + 20
+        while sorted(r.offset for r in got if r.partition == 0) != [0, 1, 2, 3] and time.monotonic() < deadline:
+            producer.send(topic, value=b'{"i":1}', partition=1).get(timeout=10)  # partition 1 delivers
+            if sent < 4 and len(got) % 5 == 0:  # partition 0's end moves, short of position 5
+                producer.send(topic, value=b'{"i":0}', partition=0).get(timeout=10)
+                sent += 1
+            got.extend(source.poll(0.05))
+        assert sorted(r.offset for r in got if r.partition == 0) == [0, 1, 2, 3]
+        assert f"WARNING: offset 5 of {topic}/0 is beyond its end" in capfd.readouterr().err
+    finally:
+        if producer is not None:
+            producer.close(timeout=5)
+        source.close()
+        embedded.stop_broker(proc)
+
+
 # --- the reader process ------------------------------------------------------------------------
 
 def test_the_reader_process_takes_over_where_this_process_got_to(broker, topic_factory):
