@@ -16,6 +16,7 @@ from runner.times import duration_ms
 
 MILESTONE_KINDS = ("count", "count_distinct", "sum")
 MILESTONE_FIELDS = ("id", "stage", "key", "milestone", "value")  # a milestone result's
+MAX_MILESTONES = 10_000  # milestones one event may reach at once (one result each)
 
 
 class Aggregate(Stage):
@@ -105,11 +106,16 @@ class AggregateProcessor(Processor):
                 if data.__class__ is not dict:
                     raise ProcessingError("event is not a JSON object")
                 values = aggs.extract(data)
-                for index, metric, _ in milestones:
+                for index, metric, step in milestones:
                     v = values[index]
-                    if v is not SKIP and v.__class__ is not tuple and v.__class__ is not str and v < 0:
-                        raise ProcessingError(f"negative value for field {aggs.items[index].field}: "
-                                              f"a sum with milestones cannot go down")
+                    if v is not SKIP and v.__class__ is not tuple and v.__class__ is not str:
+                        if v < 0:
+                            raise ProcessingError(f"negative value for field {aggs.items[index].field}: "
+                                                  f"a sum with milestones cannot go down")
+                        if v > MAX_MILESTONES * step:  # each would be a result: refuse the event, not hang
+                            raise ProcessingError(f"value {v:g} of field {aggs.items[index].field} would reach "
+                                                  f"{v / step:,.0f} milestones of {metric} at once (at most "
+                                                  f"{MAX_MILESTONES:,} an event): raise milestones.{metric}")
                 order = None
                 if aggs.needs_order:
                     time_of(ev)

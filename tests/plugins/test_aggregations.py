@@ -395,6 +395,19 @@ def test_milestones_are_exactly_once_across_crashes_and_never_repeat_in_later_ru
         milestones_of(clean.results) + [("/a", "views", 8), ("/a", "users", 6)], key=repr)
 
 
+def test_an_event_that_would_reach_too_many_milestones_at_once_is_refused_not_hung_on():
+    # 1e15 in steps of 100 would be 10^13 results for one event: a processing error instead
+    p = page_stats_pipeline({"points": 100}, {"points": {"sum": "points"}})
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Driver(copy.deepcopy(p), tmp).run(
+            [click(0, "u1", points=1e15), click(1, "u1", points=1_000_000), click(2, "u1", points=250)], drain=True)
+    assert [(d["offset"], d["error_type"]) for d in out.dead_letters] == [(0, "processing")]
+    assert out.dead_letters[0]["error"] == ("value 1e+15 of field points would reach 10,000,000,000,000 milestones "
+                                            "of points at once (at most 10,000 an event): raise milestones.points")
+    assert len(out.results) == 10_002  # 1,000,000 reaches exactly 10,000; then 250 more reach 2
+    assert out.dump["stages"]["page_stats"] == {"keys": [{"key": "/a", "points": 1_000_250}]}
+
+
 def test_milestones_with_a_fractional_step_and_the_null_key():
     p = page_stats_pipeline({"points": 2.5}, {"points": {"sum": "points"}}, key_by="country")
     events = [click(0, "u1", points=1), click(1, "u1", points=4, country=None), click(2, "u1", points=2.5, country="DE"),
