@@ -128,7 +128,11 @@ class KafkaSink(Sink):
         # a flush with nothing new returns the last state again; a read-back replaces it
         state = {**(self.base if self.candidate is None else self.candidate), **self.checked}
         for partition, end in self.sent.items():
-            state[partition] = max(state.get(partition, 0), end)
+            # ours land after all that was there: below the confirmed end, that log is gone
+            if end < state.get(partition, 0):
+                kc.warn(f"WARNING: records sent to {self.topic}/{partition} landed below its confirmed end "
+                        f"{state[partition]} (was the broker restarted empty?): confirming {end} instead")
+            state[partition] = end
         self.pending, self.sent, self.checked, self.seen = False, {}, {}, set()
         self.candidate = state
         return {f"{self.topic}/{p}": end for p, end in sorted(state.items())}

@@ -235,6 +235,26 @@ def test_a_lost_broker_fails_the_flush_and_an_emptied_one_is_read_from_zero(capf
 
 
 
+def test_a_broker_emptied_between_two_deliveries_lowers_the_confirmed_end_to_ours(capfd):
+    # no send fails (the broker is back before the next one), so no read-back corrects the
+    # state: the flush must not keep the old log's end above records of ours in the new one
+    port = embedded.free_port()
+    servers, topic = f"127.0.0.1:{port}", "results"
+    proc = embedded.start_broker(port, {topic: 1})
+    sink = make_sink(servers, topic)
+    try:
+        sink.deliver(outputs(range(5)))
+        assert sink.flush() == {f"{topic}/0": 5}
+        embedded.stop_broker(proc)
+        proc = embedded.start_broker(port, {topic: 1})
+        sink.deliver(outputs(range(5, 8)))
+        assert sink.flush() == {f"{topic}/0": 3}
+        assert f"records sent to {topic}/0 landed below its confirmed end 5" in capfd.readouterr().err
+    finally:
+        sink.close()
+        embedded.stop_broker(proc)
+
+
 def test_missing_topic_or_broker_fails_open_naming_it(broker):
     with pytest.raises(RunnerError, match="topic 'nowhere' does not exist"):
         make_sink(broker, "nowhere")
