@@ -57,3 +57,16 @@ def test_a_broken_plugin_module_is_one_line_naming_it(tmp_path, module):
         proc = subprocess.run([sys.executable, "-m", "runner.cli", command, "p.yaml"], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=60)
         assert (proc.returncode, proc.stderr.splitlines()) == (2, [expected]), proc.stderr
+
+
+def test_every_built_in_config_schema_is_a_valid_json_schema():
+    # a run does not check the built-ins' schemas (it would cost every start 50 ms): this does
+    import jsonschema
+
+    from runner import plugins
+
+    registry = plugins.load()
+    classes = [cls for kind in plugins.KINDS for cls in registry.kind(kind).values()]
+    assert len(classes) >= 11
+    for cls in classes:
+        jsonschema.Draft202012Validator.check_schema(cls.config_schema)
