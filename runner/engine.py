@@ -66,10 +66,10 @@ def check_state(store: Store, settings: dict, fingerprints: dict) -> None:
     if owner != settings["name"]:
         raise RunnerError(f"the state at {where} belongs to pipeline {owner!r}, not {settings['name']!r}: "
                           f"give this pipeline its own state.path")
-    stored = store.meta("fingerprints") or {}
+    stored, sizes = store.meta("fingerprints") or {}, store.table_sizes()
     for stage, now in fingerprints.items():
         before = stored.get(stage)
-        if before is not None and before != now:
+        if before is not None and before != now and sizes.get(stage):  # (nothing stored: nothing to misread)
             changed = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
                                 if before.get(k) != now.get(k))
             raise RunnerError(f"stage {stage} was checkpointed with another definition ({changed}); "
@@ -129,9 +129,10 @@ class Runner:
         check_state(self.store, s, fingerprints)
         for warning in orphaned_state(self.store, self.stages):
             self.log(warning, file=sys.stderr)
-        # a stage renamed or removed keeps its stored definition: its state is still there, and
+        # a stage renamed or removed keeps its stored definition while its state is there: it
         # must not be read under the old name with another definition later
-        fingerprints = {**(self.store.meta("fingerprints") or {}), **fingerprints}
+        sizes, stored = self.store.table_sizes(), self.store.meta("fingerprints") or {}
+        fingerprints = {**{name: fp for name, fp in stored.items() if sizes.get(name)}, **fingerprints}
         self.meta_fixed = {"format": FORMAT, "pipeline": s["name"], "fingerprints": fingerprints}
         number = self.store.meta("checkpoint", 0)
 

@@ -77,3 +77,11 @@ def test_a_renamed_stage_is_not_started_silently_empty(ran, workdir, capsys):
     assert "stage per_5m was checkpointed with another definition" in capsys.readouterr().err
     assert main(["run", ran, "--until-end"]) == 0  # back to its old name: nothing is left over
     assert "no longer has" not in capsys.readouterr().err
+
+
+def test_a_changed_definition_is_taken_once_the_stage_holds_nothing(workdir, capsys):
+    path = write(workdir, BASE)
+    assert main(["run", path, "--drain"]) == 0  # its only window is emitted: nothing of per_5m is stored
+    assert main(["run", path, "--until-end", "--set", "stages.per_5m.size=10m"]) == 0
+    assert main(["state", "dump", path, "--set", "stages.per_5m.size=10m"]) == 0
+    assert "another definition" not in capsys.readouterr().err
