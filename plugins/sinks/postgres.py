@@ -273,7 +273,7 @@ class PostgresSink(Sink):
 
 def _incompatibilities(conn, oid: int) -> list[str]:
     """Why the relation ``oid`` cannot take our upserts: missing or retyped columns, other
-    required columns, no unique index on exactly ``id``; empty when it can."""
+    required columns, no unique index on exactly ``id`` or a deferrable one; empty when it can."""
     kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = %s", [oid]).fetchone()[0]
     if kind not in ("r", "p"):
         return ["it is not a table (a view or another kind of relation)"]
@@ -292,12 +292,15 @@ def _incompatibilities(conn, oid: int) -> list[str]:
     for column, (_, notnull, has_default) in found.items():
         if column not in COLUMNS and notnull and not has_default:
             problems.append(f"column {column} is NOT NULL without a default, and this sink does not write it")
-    unique_on_id = conn.execute(
-        "SELECT count(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+    unique_on_id, deferrable = conn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE NOT i.indimmediate) FROM pg_index i "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
         "WHERE i.indrelid = %s AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL "
-        "AND i.indexprs IS NULL AND a.attname = 'id'", [oid]).fetchone()[0]
+        "AND i.indexprs IS NULL AND a.attname = 'id'", [oid]).fetchone()
     if not unique_on_id:
         problems.append("no primary key (or unique index) on exactly id")
+    elif deferrable:  # ON CONFLICT (id) refuses every upsert when any of them is deferrable
+        problems.append("the primary key (or unique constraint) on id is DEFERRABLE, which ON CONFLICT cannot use")
     return problems
 
 

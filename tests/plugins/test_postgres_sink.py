@@ -196,6 +196,24 @@ def test_an_existing_table_with_other_columns_is_refused_clearly(postgres_dsn, p
         assert problem in message
 
 
+@pytest.mark.parametrize("deferrable", ["PRIMARY KEY DEFERRABLE INITIALLY DEFERRED",
+                                        "PRIMARY KEY DEFERRABLE INITIALLY IMMEDIATE",
+                                        "PRIMARY KEY, UNIQUE (id) DEFERRABLE"])
+def test_a_table_whose_key_on_id_is_deferrable_is_refused_at_open(postgres_dsn, pg_table, deferrable):
+    # every ON CONFLICT upsert into it would fail, and be retried forever
+    column, _, constraint = deferrable.partition(", ")
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE TABLE "{pg_table}" (id text {column}, stage text NOT NULL, key jsonb, '
+                     f'window_start timestamptz, window_end timestamptz, kind text NOT NULL, record jsonb NOT NULL, '
+                     f'updated_at timestamptz NOT NULL DEFAULT now(){", " + constraint if constraint else ""})')
+    with pytest.raises(RunnerError) as info:
+        make_sink(postgres_dsn, pg_table)
+    assert str(info.value) == (
+        f"table {pg_table} at 127.0.0.1:5432/test exists but cannot take this sink's rows: the primary key (or "
+        f"unique constraint) on id is DEFERRABLE, which ON CONFLICT cannot use; drop or rename it, or choose "
+        f"another table")
+
+
 def test_a_table_made_by_hand_with_extra_columns_is_taken(postgres_dsn, pg_table):
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE TABLE "{pg_table}" (id text UNIQUE, stage text, key jsonb, window_start timestamptz, '
