@@ -256,6 +256,13 @@ class Sink(Component):
     exactly_once: ClassVar[bool] = False  # True: redelivery after a crash never duplicates (`runner plugins` shows it)
     shows_display: ClassVar[bool] = False  # True: ``display`` shows lines (they are made only for such sinks)
 
+    @classmethod
+    def target(cls, config: dict) -> str | None:
+        """What this sink writes that no other sink (or DLQ) of the pipeline may write too,
+        as a string two configs can be compared by (a file's real path); None: shareable.
+        Two sinks of one pipeline with the same target are refused by ``runner validate``."""
+        return None
+
     def open(self, state: Any) -> None:
         """Called once before anything is delivered, with what ``flush`` last returned
         as committed in a checkpoint (None on a first run). An exactly-once sink uses it

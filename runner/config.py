@@ -272,7 +272,7 @@ def _check_components(data: dict, registry: plugins.Registry) -> tuple[dict, lis
     settings = _fill_defaults(top_schema(), copy.deepcopy(data))
     if isinstance(settings["state"], dict):
         settings["state"].setdefault("path", f"state_store/{data.get('name')}")
-    windowed = []
+    windowed, targets = [], {}
     for section, path, item in _components(data):
         kind, common = SECTIONS[section]
         cls = _lookup(registry, kind, item.get("type"), path, findings)
@@ -286,6 +286,7 @@ def _check_components(data: dict, registry: plugins.Registry) -> tuple[dict, lis
             continue  # lint is promised a config that matches the schema
         config = _fill_defaults(cls.config_schema, config)
         findings += [Finding(path + tuple(at), message) for at, message in cls.lint(config)]
+        findings += _check_target(cls, config, path, targets)
         filled = {k: item[k] for k in common if k in item}
         if section in ("stages", "sinks"):
             filled.setdefault("name", item["type"])
@@ -295,6 +296,18 @@ def _check_components(data: dict, registry: plugins.Registry) -> tuple[dict, lis
         stage = item_name(_get(data, windowed[0]))
         findings.append(Finding((), f'missing required key "event_time" (window stage "{stage}" needs it)'))
     return settings, findings
+
+
+def _check_target(cls: type, config: dict, path: tuple, targets: dict) -> list[Finding]:
+    """A sink's ``target`` (what it alone may write) is not another sink's of the pipeline."""
+    target = cls.target(config) if hasattr(cls, "target") else None
+    if target is None:
+        return []
+    other = targets.setdefault(target, path)
+    if other == path:
+        return []
+    return [Finding(path, f"writes {target}, as {format_path(other)} does: two sinks cannot share it "
+                          f"(after a crash each would cut away the other's outputs)")]
 
 
 def _lookup(registry, kind: str, type_name: Any, path: tuple, findings: list) -> type | None:

@@ -22,6 +22,12 @@ class JsonlSink(Sink):
         "path": {"type": "string", "minLength": 1, "description": "the file to append to (its directory is created)"},
     }, required=("path",), description="Writes results (or dead letters) as JSON lines, exactly once across crashes.")
 
+    @classmethod
+    def target(cls, config):
+        # on start each sink cuts the file back to its own committed length: a second writer's
+        # lines would be cut away
+        return os.path.realpath(config["path"])
+
     def __init__(self, config, context):
         super().__init__(config, context)
         self.path = config["path"]
@@ -47,8 +53,12 @@ class JsonlSink(Sink):
 
     def recover(self):
         """Cut the file back to its committed length: what follows is in the outbox again."""
-        self.file.truncate(self.committed)
-        self.file.seek(self.committed)
+        try:
+            self.file.truncate(self.committed)
+            self.file.seek(self.committed)
+        except OSError as exc:  # a device or a pipe: it cannot be cut back, so no exactly once
+            raise RunnerError(f"cannot write {self.path}: {exc.strerror} (a jsonl sink needs a regular file, "
+                              f"which it cuts back to its committed length after a crash)") from None
         self.failure = None
 
     def deliver(self, outputs):

@@ -79,3 +79,26 @@ def test_an_empty_path_is_refused_by_validate(tmp_path, monkeypatch, capsys, whe
     assert main(["validate", "p.yaml", "--set", f"{where}.path="]) == 2
     at = "dlq" if where == "dlq" else "sinks[0]"
     assert capsys.readouterr().err.splitlines() == [f"--set {where}.path=: {at}.path: must not be empty"]
+
+
+@pytest.mark.parametrize("second", ["dlq.path=out.jsonl", "sinks.jsonl.path=./sub/../out.jsonl"])
+def test_two_sinks_on_one_file_are_refused_by_validate(tmp_path, monkeypatch, capsys, second):
+    # after a crash each would cut the file back to its own committed length, cutting the other's lines away
+    from runner.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.yaml").write_text("name: p\nsource: {type: file, path: e.jsonl}\ndlq: {type: jsonl, path: d.jsonl}\n"
+                                     "sinks:\n  - type: jsonl\n    path: out.jsonl\n"
+                                     "  - {type: jsonl, name: other, path: other.jsonl}\n")
+    assert main(["validate", "p.yaml"]) == 0
+    capsys.readouterr()
+    changes = ["--set", second] + ([] if second.startswith("dlq") else ["--set", "sinks.other.path=out.jsonl"])
+    assert main(["validate", "p.yaml", *changes]) == 2
+    assert f"writes {tmp_path / 'out.jsonl'}, as " in capsys.readouterr().err
+
+
+def test_a_path_that_cannot_be_cut_back_is_a_clear_error(tmp_path):
+    sink = JsonlSink({"path": "/dev/full"}, Context("p", "out", {}))
+    with pytest.raises(RunnerError, match="cannot write /dev/full: .*a jsonl sink needs a regular file"):
+        sink.open(None)
+    sink.close()
