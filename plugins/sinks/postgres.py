@@ -47,7 +47,9 @@ COLUMNS = {
     "updated_at": ("timestamp with time zone", "timestamptz NOT NULL DEFAULT now()"),
 }
 WRITTEN = ("id", "stage", "key", "window_start", "window_end", "kind", "record")
-INCOMING = "runner_postgres_sink_incoming"  # the temporary table of one connection
+# the temporary table of one connection, always named with its schema: an unqualified name
+# would find a table of the same name in pg_temp first, or this one instead of such a table
+INCOMING = "pg_temp.runner_postgres_sink_incoming"
 
 # the JSON escape of NUL, which jsonb refuses (it cannot hold it in text): not after a backslash
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
@@ -216,6 +218,9 @@ class PostgresSink(Sink):
         if problems:
             raise RunnerError(f"table {self.table} at {self.where} exists but cannot take this sink's rows: "
                               f"{'; '.join(problems)}; drop or rename it, or choose another table")
+        # named with the schema it was found in, as pg_temp (searched first) gets a table of ours
+        name = sql.Identifier(*conn.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n "
+                                            "ON n.oid = c.relnamespace WHERE c.oid = %s", [oid]).fetchone())
         self.upsert = sql.SQL(
             "INSERT INTO {table} AS t ({columns}) SELECT {columns} FROM {incoming} "
             "ON CONFLICT (id) DO UPDATE SET {updates}, updated_at = now() "
@@ -223,7 +228,7 @@ class PostgresSink(Sink):
         ).format(
             table=name,
             columns=sql.SQL(", ").join(map(sql.Identifier, WRITTEN)),
-            incoming=sql.Identifier(INCOMING),
+            incoming=sql.Identifier(*INCOMING.split(".")),
             updates=sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in WRITTEN[1:]),
             current=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in WRITTEN[1:]),
             excluded=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in WRITTEN[1:]),

@@ -240,6 +240,24 @@ def test_a_schema_qualified_name_is_folded_to_lower_case_and_its_schema_created(
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
+def test_a_table_named_like_the_sinks_temporary_table_is_written(postgres_dsn):
+    table = pg.INCOMING.split(".")[-1]
+    drop = f"DROP TABLE IF EXISTS public.{table}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(drop)
+    try:
+        for version in (1, 2):  # created, then taken as it is by a second instance
+            sink = make_sink(postgres_dsn, table)
+            sink.deliver(results(range(3), version=version))
+            sink.flush()
+            sink.close()
+        got = rows(postgres_dsn, table)
+        assert sorted(r["record"]["events"] for r in got.values()) == [0, 2, 4]
+    finally:
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(drop)
+
+
 def kill_connection(dsn: str, sink: PostgresSink) -> None:
     """Terminate the sink's server process from another connection."""
     pid = sink.conn.info.backend_pid
