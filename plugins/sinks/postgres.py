@@ -7,7 +7,7 @@ the same (or a newer) record, so a redelivery after a crash or a failed flush ne
 a second row, and the sink needs no state of its own. No transaction stays open between
 checkpoints.
 
-The table (created if missing)::
+The table (created if missing, also when it is dropped while the sink runs)::
 
     id           text PRIMARY KEY      -- the output's id
     stage        text NOT NULL         -- the stage that produced it
@@ -241,13 +241,12 @@ class PostgresSink(Sink):
         psycopg = _psycopg()
         rows = list(self.buffer.values())
         try:
-            conn = self.conn if self.conn is not None and not self.conn.closed else self._connect()
-            with conn.cursor() as cur:
-                with cur.copy(f"COPY {INCOMING} ({', '.join(WRITTEN)}) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
-                cur.execute(self.upsert)
-            conn.commit()
+            try:
+                self._write_rows(rows)
+            except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+                # the table (or its schema) was dropped meanwhile: a new connection creates it again
+                self._drop()
+                self._write_rows(rows)
         except (psycopg.Error, RunnerError) as exc:
             self.failure = exc
             self._abandon()
@@ -256,6 +255,16 @@ class PostgresSink(Sink):
             raise RunnerError(f"writing {len(rows)} outputs to table {self.table} at {self.where} failed: "
                               f"{' '.join(str(exc).split())}") from exc
         self.buffer = {}
+
+    def _write_rows(self, rows: list) -> None:
+        """Write and commit ``rows`` in one transaction (connecting first when not connected)."""
+        conn = self.conn if self.conn is not None and not self.conn.closed else self._connect()
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY {INCOMING} ({', '.join(WRITTEN)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(self.upsert)
+        conn.commit()
 
     def _abandon(self) -> None:
         """After a failed write: roll back, or drop the connection when that fails too."""

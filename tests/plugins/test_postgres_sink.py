@@ -258,6 +258,27 @@ def test_a_table_named_like_the_sinks_temporary_table_is_written(postgres_dsn):
             conn.execute(drop)
 
 
+@pytest.mark.parametrize("dropped", ["table", "schema"])
+def test_a_table_dropped_between_two_flushes_is_created_again_by_the_next(postgres_dsn, pg_table, dropped):
+    schema = pg_table.replace("test_sink_", "test_schema_")
+    table = f"{schema}.results" if dropped == "schema" else pg_table
+    sink = make_sink(postgres_dsn, table)
+    try:
+        sink.deliver(results(range(3)))
+        sink.flush()
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE" if dropped == "schema" else f"DROP TABLE {table}")
+        sink.deliver(results(range(3, 5)))
+        assert sink.flush() is None
+        sink.close()
+        with psycopg.connect(postgres_dsn) as conn:
+            assert sorted(r[0] for r in conn.execute(f"SELECT record->>'events' FROM {table}")) == ["3", "4"]
+    finally:
+        sink.close()
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
 def kill_connection(dsn: str, sink: PostgresSink) -> None:
     """Terminate the sink's server process from another connection."""
     pid = sink.conn.info.backend_pid
