@@ -15,7 +15,11 @@ cleanup() {
   trap - EXIT INT TERM
   # the runner first (it checkpoints and delivers), then the clicks, then the broker
   stop "$pipeline"; stop "$clicks"; stop "$broker"
-  echo "demo stopped; 'make demo' again resumes from the checkpoint in state_store/fault_tolerant"
+  if [ -e state_store/fault_tolerant/data.mdb ]; then
+    echo "demo stopped; 'make demo' again resumes from the checkpoint in state_store/fault_tolerant"
+  else
+    echo "demo stopped"
+  fi
 }
 on_interrupt() {
   # Ctrl+C in a terminal reached the runner as well: let it finish its clean stop before
@@ -30,6 +34,11 @@ trap cleanup EXIT
 trap on_interrupt INT TERM
 
 if (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null; then
+  if ! python -c "import sys; from plugins import kafka_common as kc; kc.consumer(sys.argv[1], {}, 'runner-demo-probe').close()" \
+    "127.0.0.1:$PORT" 2>/dev/null; then
+    echo "127.0.0.1:$PORT is taken by something that is not a Kafka broker: free it, or run DEMO_PORT=19092 make demo" >&2
+    exit 1
+  fi
   echo "using the Kafka broker already listening on 127.0.0.1:$PORT"
 else
   # in a session of its own: Ctrl+C must not take the broker away before the runner's last checkpoint
