@@ -95,10 +95,11 @@ def settings(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from plugins.bench import report
+    from plugins.bench import pipelines, report
     from plugins.bench.common import say
 
     config = settings(args)
+    pipelines.check(config["pipelines"])  # a bad file fails here, before anything starts
     previous = {}
     INTERRUPTED.clear()
     if threading.current_thread() is threading.main_thread():
@@ -138,7 +139,7 @@ def measure(config: dict, cleanup: contextlib.ExitStack) -> dict:
     results = {"machine": report.machine(), "config": settings_used}
 
     topic = cluster.topic("clicks", config["partitions"])
-    prepared = [pipelines.prepare(path, workdir, cluster, topic, f"p{i}")  # a bad file fails here, early
+    prepared = [pipelines.prepare(path, workdir, cluster, topic, f"p{i}")
                 for i, path in enumerate(config["pipelines"])]
     results["fill"] = kafka.fill(cluster.bootstrap, topic, config["events"])
     # the first read of a new backlog is often the slowest (in one test 148k events/s, then

@@ -16,12 +16,51 @@ from plugins.bench import kafka as bk
 from plugins.bench.common import (INTERRUPTED, Helpers, Interrupted, LatencyObserver, Observer, QuietLog,
                                   ThreadTime, peak_rss_mib, reset_peak_rss, say, stop_if_interrupted, summary_ms)
 from runner import config
-from runner.components import RunnerError
+from runner.components import ConfigError, RunnerError
 from runner.dump import dump_state
 from runner.engine import Runner, build_stages
 from runner.state import LmdbStore
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def check(paths: list[str]) -> None:
+    """Load and validate every pipeline as ``runner validate`` does, a relative schema file
+    found as ``prepare`` finds it, before the bench starts anything: ``ConfigError`` with the
+    lines of them all, or ``RunnerError`` for a source that is not Kafka."""
+    lines, pipelines = [], []
+    for path in paths:
+        try:
+            pipelines.append((path, config.load(path, _schema_overrides(path))))
+        except ConfigError as exc:
+            lines += exc.lines
+    if lines:
+        raise ConfigError(lines)
+    for path, pipeline in pipelines:
+        _kafka_source(path, pipeline.settings)
+
+
+def _schema_overrides(path: str) -> list[str]:
+    """``--set`` texts pointing each stage's relative schema file where ``prepare`` finds it."""
+    try:
+        stages = yaml.safe_load(Path(path).read_text(encoding="utf-8")).get("stages")
+    except Exception:  # not a readable mapping: config.load says what is wrong with it
+        return []
+    overrides = []
+    for i, stage in enumerate(stages if isinstance(stages, list) else []):
+        schema = stage.get("schema") if isinstance(stage, dict) else None
+        if isinstance(schema, str) and _locate(schema, Path(path)) != schema:
+            overrides.append(f"stages[{i}].schema={_locate(schema, Path(path))}")
+    return overrides
+
+
+def _kafka_source(path: str, doc: dict) -> dict:
+    """The pipeline's source, which must be Kafka."""
+    source = doc.get("source") or {}
+    if source.get("type") != "kafka":
+        raise RunnerError(f"{path}: runner bench feeds pipelines from Kafka; its source is "
+                          f"{source.get('type')!r}, not kafka")
+    return source
 
 
 def prepare(path: str, workdir: Path, cluster: bk.Cluster, topic: str, tag: str):
@@ -31,10 +70,7 @@ def prepare(path: str, workdir: Path, cluster: bk.Cluster, topic: str, tag: str)
     doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     if not isinstance(doc, dict):
         config.load(path)  # says what is wrong with it
-    source = doc.get("source") or {}
-    if source.get("type") != "kafka":
-        raise RunnerError(f"{path}: runner bench feeds pipelines from Kafka; its source is "
-                          f"{source.get('type')!r}, not kafka")
+    source = _kafka_source(path, doc)
     source.update(bootstrap_servers=cluster.bootstrap, topics=[topic])
     state = doc.setdefault("state", {})
     if state.get("backend", "lmdb") != "memory":

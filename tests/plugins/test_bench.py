@@ -16,6 +16,7 @@ from pathlib import Path
 
 from plugins import broker as embedded
 from plugins.bench import QUICK
+from plugins.bench import kafka as bench_kafka
 from plugins.bench.common import Helpers, ThreadTime, p99_by_third
 from plugins.bench.pipelines import median_run
 from plugins.bench.recovery import EXTRA
@@ -154,12 +155,32 @@ def test_thread_time_tells_a_busy_thread_from_a_waiting_one():
     assert busy.figures["on_cpu_s"] + busy.figures["run_queue_s"] > 0.2 > busy.figures["waiting_s"]
 
 
-def test_bench_rejects_a_pipeline_without_a_kafka_source(broker, tmp_path, capsys):
+def no_broker(*args, **kwargs):
+    raise AssertionError("the bench started its broker")
+
+
+def test_bench_rejects_a_pipeline_without_a_kafka_source_before_starting_anything(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench_kafka, "Cluster", no_broker)
     path = tmp_path / "p.yaml"
     path.write_text("name: p\nsource: {type: generator, count: 10}\ndlq: {type: jsonl, path: dlq.jsonl}\n"
                     "stages: []\n")
-    assert main(["bench", str(path), "--quick", "--bootstrap", broker]) == 1
+    assert main(["bench", str(path), "--quick"]) == 1
     assert "source is 'generator', not kafka" in capsys.readouterr().err
+
+
+def test_bench_reports_every_bad_pipeline_file_as_validate_does_before_starting_anything(tmp_path, capsys,
+                                                                                         monkeypatch):
+    monkeypatch.setattr(bench_kafka, "Cluster", no_broker)
+    good = (ROOT / "pipelines" / "basic.yaml").read_text()
+    missing, broken, unknown = tmp_path / "missing.yaml", tmp_path / "broken.yaml", tmp_path / "unknown.yaml"
+    broken.write_text("name: [\n")
+    unknown.write_text(good + "colour: blue\n")
+    assert main(["bench", str(missing), str(broken), str(unknown), "--quick"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"{missing}: cannot read the pipeline file: [Errno 2] No such file or directory: '{missing}'"
+    assert lines[1].startswith(f"{broken}:2: ")
+    assert lines[2].startswith(f"{unknown}:{len(good.splitlines()) + 1}: ") and "colour" in lines[2]
+    assert len(lines) == 3
 
 
 def test_ctrl_c_stops_the_broker_and_removes_the_temporary_files():
