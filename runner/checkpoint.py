@@ -134,7 +134,7 @@ class Checkpoint:
             except Exception as exc:
                 failure = failure or exc
         if self.displays and only is None:
-            notices = [line for _, out in items if out.kind == "dlq" for line in _notice(out)]
+            notices = [_notice(out) for _, out in items if out.kind == "dlq"]
             if notices:
                 self.display(notices)
         if failure is not None:
@@ -194,7 +194,8 @@ class Checkpoint:
                 continue
 
 
-def _notice(out: Output) -> list[str]:
+def _notice(out: Output) -> str:
+    """A dead letter's two lines, as one display line: shown together or not at all."""
     letter = out.data()
-    return [f"[{letter['error_type'].upper()} ERROR] {letter['error']}",
-            f"[DLQ] sent {letter['topic']}/{letter['partition']}@{letter['offset']} to the dead letter queue"]
+    return (f"[{letter['error_type'].upper()} ERROR] {letter['error']}\n"
+            f"[DLQ] sent {letter['topic']}/{letter['partition']}@{letter['offset']} to the dead letter queue")

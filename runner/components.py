@@ -300,7 +300,8 @@ class Sink(Component):
 
     def display(self, lines: list[str]) -> None:
         """Console-like sinks (``shows_display``) show display lines (stage reports, DLQ
-        notices); it is not called on others."""
+        notices); it is not called on others. A line may hold several, to be shown
+        together (a dead letter's notice: its error, then where it was sent)."""
 
     def close(self) -> None:
         """Called at a clean stop after the last flush; not called after SIGKILL."""

@@ -47,23 +47,43 @@ class ConsoleSink(Sink):
     def flush(self):
         if self.closed:  # outputs delivered since were not shown
             raise _closed()
+        counted = self._next_second()  # a burst's count is not kept for the next burst
+        if counted:
+            self._show(counted)
         return None
 
     def display(self, lines):
+        """Show ``lines`` within the second's budget; a line of several (a dead letter's
+        notice) is shown whole or not at all."""
         if self.closed:
             return
-        now = int(time.monotonic())
-        shown = []
-        if now != self.second:
-            if self.hidden:
-                shown.append(f"... {self.hidden} more display lines not shown (over max_lines_per_s)")
-            self.second, self.shown, self.hidden = now, 0, 0
-        room = max(0, self.budget - self.shown)
-        shown += lines[:room]
-        self.shown += min(room, len(lines))
-        self.hidden += max(0, len(lines) - room)
+        shown = self._next_second()
+        for line in lines:
+            size = line.count("\n") + 1
+            if self.shown + size <= self.budget:
+                shown.append(line)
+                self.shown += size
+            else:
+                self.shown = self.budget  # nothing after a line left out, so the order holds
+                self.hidden += size
         if shown:
             self._show(shown)
+
+    def close(self):
+        if self.hidden and not self.closed:
+            show(self._count())
+
+    def _next_second(self) -> list[str]:
+        """In a new second: a fresh budget, and the count of the last one's hidden lines."""
+        now = int(time.monotonic())
+        if now == self.second:
+            return []
+        counted = [self._count()] if self.hidden else []
+        self.second, self.shown, self.hidden = now, 0, 0
+        return counted
+
+    def _count(self) -> str:
+        return f"... {self.hidden} more display lines not shown (over max_lines_per_s)"
 
     def _show(self, lines: list[str]) -> None:
         if self.closed or not show("\n".join(lines)):

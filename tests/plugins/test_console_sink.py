@@ -107,3 +107,23 @@ def test_a_run_whose_reader_goes_before_its_last_line_says_nothing_of_stopping(t
     assert status == 0
     assert errors == ""
     assert json.loads(e2e.run("state", "dump", pipeline).stdout)["offsets"]["generator/0"] == 1000
+
+
+def test_display_lines_over_the_budget_are_counted_and_a_notice_is_never_split(capsys, monkeypatch):
+    from plugins.sinks import console
+    from runner.components import Context
+
+    clock = [100.0]
+    monkeypatch.setattr(console.time, "monotonic", lambda: clock[0])
+    sink = console.ConsoleSink({"max_lines_per_s": 3}, Context("p", "console", {}))
+    notice = "[VALIDATION ERROR] missing required field: page_url\n[DLQ] sent t/0@{} to the dead letter queue"
+    sink.display(["report 1", notice.format(1), notice.format(2), "report 2"])
+    assert capsys.readouterr().out.splitlines() == ["report 1", *notice.format(1).splitlines()]
+    clock[0] += 1  # the next second: its budget is fresh, and the last one's count is shown first
+    sink.display([notice.format(3)])
+    assert capsys.readouterr().out.splitlines() == [
+        "... 3 more display lines not shown (over max_lines_per_s)", *notice.format(3).splitlines()]
+    sink.display(["report 3", "report 4"])  # over this second's budget: counted
+    sink.close()  # the last count is shown at the end, not lost
+    assert capsys.readouterr().out.splitlines() == [
+        "report 3", "... 1 more display lines not shown (over max_lines_per_s)"]
