@@ -36,7 +36,7 @@ class QuietLog:
 class Observer:
     """Runner observer: when the first event was processed; per checkpoint, the processing's
     time in it (confirming sinks, serializing, handing over; not delivering outputs) and
-    the time its transaction took to write and sync."""
+    the time its transaction took to write and sync (none with memory state)."""
 
     def __init__(self):
         self.first_event: float | None = None  # time.perf_counter()
@@ -49,7 +49,8 @@ class Observer:
 
     def on_checkpoint(self, number: int, commit_ms: float, write, batches: list) -> None:
         self.commit_ms.append(commit_ms)
-        self.write_ms.append(commit_ms if write is None else write[0])  # a memory store writes in commit
+        if write is not None:  # None from a memory store: no writer process, nothing written apart
+            self.write_ms.append(write[0])
         self.records += sum(len(stamps) for _, _, stamps in batches)
 
 

@@ -160,7 +160,9 @@ def throughput(pipeline, events: int, ceiling_eps: float) -> dict:
         "first_event_s": first,
         "after_first_event_events_per_s": runner.processed / (seconds - first) if seconds > first else None,
         "checkpoints": len(observer.commit_ms), "checkpoint_ms": summary_ms(observer.commit_ms),
-        "checkpoint_write_ms": summary_ms(observer.write_ms),
+        # memory state has no writer process: no figure, rather than the processing's again
+        "checkpoint_write_ms": None if pipeline.settings["state"]["backend"] == "memory" else
+        summary_ms(observer.write_ms),
         "peak_rss_mib": rss, "peak_rss_scope": "this run" if run_scoped else "the process so far",
         "helpers_peak_rss_mib": helpers.peak_mib,
         "helpers_cpu_us_per_event": {module: seconds / runner.processed * 1e6
@@ -171,9 +173,10 @@ def throughput(pipeline, events: int, ceiling_eps: float) -> dict:
                                          if main_thread.figures and runner.processed else None),
         "state": state_figures(pipeline, runner),
     }
+    written = result["checkpoint_write_ms"]
     say(f"{name}: {eps:,.0f} events/s ({result['ratio_to_ceiling']:.2f}x the ceiling), "
-        f"checkpoint median {result['checkpoint_ms']['p50_ms']:.3f} ms "
-        f"(written and synced beside it in {result['checkpoint_write_ms']['p50_ms']:.3f} ms)")
+        f"checkpoint median {result['checkpoint_ms']['p50_ms']:.3f} ms"
+        + (f" (written and synced beside it in {written['p50_ms']:.3f} ms)" if written else ""))
     return result
 
 

@@ -80,7 +80,8 @@ def table(results: dict) -> str:
         cp, wr = p["checkpoint_ms"], p["checkpoint_write_ms"]
         add(f"{n}: checkpoint median / p99 ({cp['count']}), processing", f"{cp['p50_ms']:.3f} / {cp['p99_ms']:.3f} ms",
             f"{n}.checkpoint_ms.p50_ms")
-        add(f"{n}: its transaction written + synced (writer process)", f"{wr['p50_ms']:.3f} / {wr['p99_ms']:.3f} ms")
+        add(f"{n}: its transaction written + synced (writer process)",
+            "n/a (memory state)" if wr is None else f"{wr['p50_ms']:.3f} / {wr['p99_ms']:.3f} ms")
         thread = p["main_thread"]
         if thread and p["main_thread_cpu_us_per_event"] is not None:
             add(f"{n}: the runner's thread on a core / waiting for a core / waiting (pipes, disk)",

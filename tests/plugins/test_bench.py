@@ -17,7 +17,7 @@ from pathlib import Path
 from plugins import broker as embedded
 from plugins.bench import QUICK
 from plugins.bench import kafka as bench_kafka
-from plugins.bench.common import Helpers, ThreadTime, p99_by_third
+from plugins.bench.common import Helpers, Observer, ThreadTime, p99_by_third
 from plugins.bench.pipelines import median_run
 from plugins.bench.recovery import EXTRA
 from runner.cli import main
@@ -67,6 +67,11 @@ def test_quick_bench_reports_every_figure(broker, tmp_path, capsys):
         assert thread["on_cpu_s"] + thread["run_queue_s"] <= thread["wall_s"] * 1.02 + 0.01
     basic, fault_tolerant = figures["pipelines"]
     assert basic["state"]["backend"] == "memory" and basic["state"]["used_bytes"] is None
+    # memory state has no writer process: its transaction time is not the processing's again
+    assert basic["checkpoint_write_ms"] is None
+    assert re.search(r"basic: its transaction written \+ synced \(writer process\) +n/a \(memory state\)", table)
+    assert fault_tolerant["checkpoint_write_ms"]["count"] == fault_tolerant["checkpoints"]
+    positive(fault_tolerant["checkpoint_write_ms"]["p50_ms"])
     # its state writer, Kafka reader and DLQ producer live through the whole run
     positive(fault_tolerant["helpers_peak_rss_mib"], *fault_tolerant["helpers_cpu_us_per_event"].values())
     assert set(fault_tolerant["helpers_cpu_us_per_event"]) <= {
@@ -142,6 +147,13 @@ def test_p99_by_third_splits_the_records_by_when_they_were_sent():
     assert p99_by_third(sent, latencies) == [5.0, 20.0, 80.0]
     assert p99_by_third([7.0], [3.0]) == [3.0, None, None]  # one record: all in the first third
     assert p99_by_third([], []) == [None, None, None]
+
+
+def test_the_observer_times_a_transaction_only_when_a_writer_process_wrote_it():
+    observer = Observer()
+    observer.on_checkpoint(1, 2.5, None, [])  # a memory store: no writer, nothing written apart
+    observer.on_checkpoint(2, 3.0, (0.75,), [(0.0, None, [1, 2])])
+    assert (observer.commit_ms, observer.write_ms, observer.records) == ([2.5, 3.0], [0.75], 2)
 
 
 def test_thread_time_tells_a_busy_thread_from_a_waiting_one():
