@@ -8,8 +8,11 @@ anything, fills the defaults in, and passes the resulting dict as ``config``.
 
 from __future__ import annotations
 
+import sys
+import traceback
 from typing import Any, ClassVar, Iterable, NamedTuple
 
+from runner.display import show
 from runner.times import InvalidTime, parse_event_time
 
 
@@ -219,14 +222,28 @@ class Processor:
                 except Exception as exc:
                     table.undo(table.journal)
                     del emit.pending[emitted:]
-                    error = exc if isinstance(exc, ProcessingError) else ProcessingError(f"{type(exc).__name__}: {exc}")
-                    self.fail(event, error)
+                    if not isinstance(exc, ProcessingError):
+                        self._report_bug(exc)
+                        exc = ProcessingError(f"{type(exc).__name__}: {exc}")
+                    self.fail(event, exc)
                     continue
                 if event is not None:
                     passed.append(event)
         finally:
             table.journal = None
         return passed
+
+    def _report_bug(self, exc: Exception) -> None:
+        """An exception that is not a ``ProcessingError`` may be a bug of the stage's rather
+        than bad input: its first one is shown with its traceback on stderr, so a stage that
+        fails every event is not mistaken for bad data (each such event still goes to the DLQ)."""
+        if getattr(self, "_bug_reported", False):
+            return
+        self._bug_reported = True
+        trace = "".join(traceback.format_exception(exc)).rstrip()
+        show(f"WARNING: stage {self.name} raised {type(exc).__name__}, not a ProcessingError: the event goes to "
+             f"the DLQ as a processing error, as will others like it (only this first one is shown here):\n{trace}",
+             sys.stderr)
 
     def fail(self, event: Event, error: ProcessingError) -> None:
         """Send ``event`` to the DLQ as this stage's processing error (it goes no further)."""

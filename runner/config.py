@@ -306,8 +306,8 @@ def _check_target(cls: type, config: dict, path: tuple, targets: dict) -> list[F
     other = targets.setdefault(target, path)
     if other == path:
         return []
-    return [Finding(path, f"writes {target}, as {format_path(other)} does: two sinks cannot share it "
-                          f"(after a crash each would cut away the other's outputs)")]
+    return [Finding(path, f"writes {target}, as {format_path(other)} does: a sink of this type must be the only "
+                          f"one writing it, to deliver exactly once after a crash; give one of them another")]
 
 
 def _lookup(registry, kind: str, type_name: Any, path: tuple, findings: list) -> type | None:

@@ -104,6 +104,22 @@ def load(extra_modules: list[str] = ()) -> Registry:
     return registry
 
 
+def _declaration_problems(schema: dict) -> list[str]:
+    """What keeps a component's config schema from being the one declaration that validation,
+    ``runner plugins`` and the docs come from (``runner.schema.obj`` builds such schemas)."""
+    if schema.get("type") != "object" or schema.get("additionalProperties") is not False:
+        return ['must be an object that refuses unknown keys ("type": "object", "additionalProperties": false: '
+                'runner.schema.obj builds one), so a misspelled key is an error']
+    required = set(schema.get("required", ()))
+    problems = []
+    for name, prop in schema.get("properties", {}).items():
+        if not isinstance(prop, dict) or "description" not in prop:
+            problems.append(f"property {name!r} has no description (runner plugins and the docs show it)")
+        elif "default" not in prop and name not in required:
+            problems.append(f"property {name!r} has neither a default nor a place in required")
+    return problems
+
+
 def _add(registry: Registry, kind: str, base: type, cls: type, origin: str) -> None:
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise ConfigError([f"plugin {origin} registered {cls!r} as a {kind[:-1]}, which is not a {base.__name__} subclass"])
@@ -119,6 +135,9 @@ def _add(registry: Registry, kind: str, base: type, cls: type, origin: str) -> N
             if list(exc.absolute_path)[-1:] == ["type"]:
                 problem = f"{exc.instance!r} is not a JSON Schema type ({', '.join(_JSON_TYPES)})"
             raise ConfigError([f"{where}: config_schema{at} is not a valid JSON Schema: {problem}"]) from None
+        problems = _declaration_problems(cls.config_schema)
+        if problems:
+            raise ConfigError([f"{where}: config_schema {problem}" for problem in problems])
         _SCHEMA_CHECKED.add(cls)
     table = registry.kind(kind)
     other = table.get(cls.type)

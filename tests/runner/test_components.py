@@ -47,3 +47,16 @@ def test_a_first_event_that_fails_restores_what_was_there_before_the_batch():
     table.put(b"gone", "still here")
     Halfway(table, emit, ProcessingError).process([Event(Record("t", 0, 1, 0, None, b"{}"), {}, "t/0")])
     assert table.get(b"gone") == "still here" and table.get(b"seen") is None
+
+
+def test_an_exception_that_is_not_a_processing_error_is_shown_once_with_its_traceback(capsys):
+    # a stage's own bug would otherwise look like bad input: every event in the DLQ, exit 0
+    table, emit = MemoryStore().table("halfway"), Emitter("p", {"halfway": None})
+    stage = Halfway(table, emit, KeyError)
+    stage.process([Event(Record("t", 0, offset, 0, None, b"{}"), {}, "t/0") for offset in (1, 3)])
+    err = capsys.readouterr().err
+    assert err.count("WARNING: stage halfway raised KeyError, not a ProcessingError") == 1
+    assert "Traceback (most recent call last)" in err and "in process_one" in err
+    assert len([out for out in emit.pending if out.kind == "dlq"]) == 2
+    Halfway(table, emit, ProcessingError).process([Event(Record("t", 0, 5, 0, None, b"{}"), {}, "t/0")])
+    assert capsys.readouterr().err == ""  # bad input, said in the DLQ only

@@ -40,6 +40,17 @@ MODULES = {
         "p.yaml:2: plugin bad_schema: stage class bad_schema.Misspelled: config_schema['properties']['field']"
         "['type'] is not a valid JSON Schema: 'strng' is not a JSON Schema type "
         "(string, number, integer, boolean, object, array, null)"),
+    "open_schema": (
+        STAGE.format(cls="Open", body='    type = "open"\n    config_schema = '
+                     '{"type": "object", "properties": {"x": {"type": "integer", "default": 1, "description": "x"}}}'),
+        "p.yaml:2: plugin open_schema: stage class open_schema.Open: config_schema must be an object that refuses "
+        'unknown keys ("type": "object", "additionalProperties": false: runner.schema.obj builds one), so a '
+        "misspelled key is an error"),
+    "undeclared_default": (
+        STAGE.format(cls="Vague", body='    type = "vague"\n    config_schema = {"type": "object", '
+                     '"additionalProperties": False, "properties": {"x": {"type": "integer", "description": "x"}}}'),
+        "p.yaml:2: plugin undeclared_default: stage class undeclared_default.Vague: config_schema property 'x' "
+        "has neither a default nor a place in required"),
     "raises_on_register": (
         "from runner import hookimpl\n\n@hookimpl\ndef runner_register_sinks():\n    return 1 / 0\n",
         "p.yaml:2: plugin raises_on_register: runner_register_sinks raised ZeroDivisionError: division by zero"),
@@ -59,7 +70,7 @@ def test_a_broken_plugin_module_is_one_line_naming_it(tmp_path, module):
         assert (proc.returncode, proc.stderr.splitlines()) == (2, [expected]), proc.stderr
 
 
-def test_every_built_in_config_schema_is_a_valid_json_schema():
+def test_every_built_in_config_schema_is_a_valid_declaration():
     # a run does not check the built-ins' schemas (it would cost every start 50 ms): this does
     import jsonschema
 
@@ -70,3 +81,4 @@ def test_every_built_in_config_schema_is_a_valid_json_schema():
     assert len(classes) >= 11
     for cls in classes:
         jsonschema.Draft202012Validator.check_schema(cls.config_schema)
+        assert plugins._declaration_problems(cls.config_schema) == [], cls  # the rules plugins are held to
