@@ -23,6 +23,7 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from plugins import kafka_common as kc
+from runner import signals
 from runner.components import RunnerError
 
 HOST = "127.0.0.1"
@@ -151,7 +152,7 @@ def add_command(subparsers) -> None:
                     + ", ".join(f"{t} ({n} partition{'s' * (n != 1)})" for t, n in TOPICS.items())
                     + "; runs until Ctrl+C. Its storage is memory: a restart empties it.")
     parser.add_argument("--port", type=_port, default=9092, help="port to listen on, 1..65535 (default 9092)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, takes_signals=True)
 
 
 def _port(text: str) -> int:
@@ -169,7 +170,10 @@ def run(args: argparse.Namespace) -> int:
     stopping = []
     previous = {sig: signal.signal(sig, lambda signum, frame: stopping.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
+    stopping += signals.take()  # asked for while the command started: no broker to start
     try:
+        if stopping:
+            return 0
         try:
             proc = start_broker(args.port, TOPICS)
         except RunnerError as exc:

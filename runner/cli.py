@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
-from runner import config, plugins
+from runner import config, plugins, signals
 from runner.components import ConfigError, RunnerError
 from runner.display import silence
 
@@ -17,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    if not getattr(args, "takes_signals", False):  # it has no handlers of its own: Python's, now
+        signals.release()
     try:
         status = args.func(args)
         sys.stdout.flush()  # here, so that a reader gone is seen here, not in the flush at exit
@@ -28,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     except RunnerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:  # a second stop signal (or Python's Ctrl+C)
+        return 128 + (exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT)
     except BrokenPipeError:  # standard output's reader is gone (runner plugins | head)
         silence()
         return 1
@@ -44,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--until-end", action="store_true", help="stop at the end of the input present at start")
     run.add_argument("--drain", action="store_true",
                      help="like --until-end, then close every open window and session (for good)")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, takes_signals=True)  # the runner takes the ones held at start
 
     validate = sub.add_parser("validate", help="check a pipeline file and every plugin's config")
     _pipeline_arguments(validate)

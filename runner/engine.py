@@ -10,6 +10,7 @@ import time
 from itertools import groupby
 from operator import attrgetter
 
+from runner import signals
 from runner.checkpoint import Checkpoint, Stopped
 from runner.codec import DecodeError, decode
 from runner.components import NO_RECORD, Context, Event, RunnerError
@@ -103,6 +104,7 @@ class Runner:
         self.signalled: int | None = None  # the signal (SIGINT, SIGTERM) that asked for the stop, if one did
         self.output_closed = False  # a sink's or the log's reader is gone: it asked for the stop
         self.stopped = False  # all is closed; only the last status line is left
+        self.opened = False  # sources, state and sinks are open: a stop is a clean one from here
         self._pkeys: dict = {}
         self._partitions_seen: set[str] = set()  # processed since the last ``_idle`` (unbounded runs)
         self.processed = 0
@@ -199,11 +201,14 @@ class Runner:
 
     # --- the loop -----------------------------------------------------------------------
     def run(self) -> int:
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in signals.STOPS}
         thresholds = gc.get_threshold()
         try:
             try:
+                for signum in signals.take():  # came while the command started
+                    self._on_signal(signum, None)
                 self._open()
+                self.opened = True
                 # Fewer young collections, so fewer objects reach the old generations and full
                 # collections (28-ms pauses) stop: over 200k events of fault_tolerant the
                 # collector's time fell from 140 to 13 ms. The thresholds are restored at the end.
@@ -211,9 +216,13 @@ class Runner:
                 self._loop()
                 self._finish()
             except Stopped:
+                if not self.opened:  # nothing was read: nothing to checkpoint
+                    self._abort()
+                    self.log(f"[{self.settings['name']}] stopped while starting; nothing was read", file=sys.stderr)
+                    return 0
                 if not self.output_closed:  # which said what stays
-                    self.log(f"[{self.settings['name']}] stopped while a sink was not confirming: its outputs "
-                             f"{self._kept()}", file=sys.stderr)
+                    self.log(f"[{self.settings['name']}] stopped while a sink was not confirming: what it had not "
+                             f"confirmed {self._kept()}", file=sys.stderr)
             except BaseException:
                 self._abort()
                 raise
@@ -226,12 +235,14 @@ class Runner:
 
     def _on_signal(self, signum, frame) -> None:
         if self.signalled is not None:  # a second Ctrl+C: the last checkpoint stands
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(signum)
         self.stop_requested = True
         self.signalled = signum
         checkpoint = getattr(self, "checkpoint", None)
-        if checkpoint is not None and checkpoint.in_sink:
-            raise Stopped()  # a sink that hangs must not keep us: its outputs stay in the outbox
+        if not self.opened or (checkpoint is not None and checkpoint.in_sink):
+            # starting (a broker that does not answer is waited for 10 s), or a sink that hangs:
+            # neither must keep us; what a sink did not take stays in the outbox
+            raise Stopped()
 
     def _loop(self) -> None:
         self.uncommitted = 0
@@ -457,8 +468,11 @@ class Runner:
                 pass
 
     def _close(self) -> None:
-        for sink in self.sinks.values():
-            sink.close()
+        for name, sink in self.sinks.items():
+            try:
+                sink.close()
+            except Exception as exc:  # its unconfirmed outputs are in the outbox: nothing is lost
+                self.log(f"[{self.settings['name']}] sink {name} did not close cleanly: {exc}", file=sys.stderr)
         self.source.close()
         self.store.close()
         self.stopped = True

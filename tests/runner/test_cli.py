@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -208,3 +210,53 @@ def test_plugins_lists_the_common_keys_once_and_each_default_once(capsys):
     assert [line for line in lines if line.count("(default") > 1] == []
     assert any(line.split()[:3] == ["each", "of", "stages:"] and "to (sink names" in line for line in lines)
     assert any(line.split()[:3] == ["each", "of", "sinks:"] and "name (unique" in line for line in lines)
+
+
+GENERATED = """name: gen
+source: {type: generator, rate: 1000, count: 100000}
+state: {path: state}
+dlq: {type: jsonl, path: dlq.jsonl}
+stages:
+  - type: aggregate
+    key_by: page_url
+    aggregations: {views: count}
+sinks:
+  - type: jsonl
+    path: out.jsonl
+"""
+
+
+def test_a_stop_signal_that_comes_while_the_command_starts_is_a_clean_stop(tmp_path):
+    # held from before the imports (python -m runner, the runner command): here sent right away
+    path = write(tmp_path, GENERATED)
+    code = ("import os, signal, sys\nfrom runner import signals\nsignals.hold()\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\nfrom runner.cli import main\n"
+            f"sys.exit(main(['run', {path!r}, '--until-end']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (0, "[gen] stopped while starting; nothing was read\n")
+    assert not (tmp_path / "out.jsonl").exists() or (tmp_path / "out.jsonl").read_text() == ""
+
+
+def test_a_stop_signal_while_waiting_for_a_broker_stops_at_once(tmp_path):
+    from plugins.broker import free_port
+
+    path = write(tmp_path, GENERATED.replace("{type: generator, rate: 1000, count: 100000}",
+                                             f"{{type: kafka, topics: [t], bootstrap_servers: '127.0.0.1:{free_port()}'}}"))
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", path], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # imports done (or not: a signal during them is held), the broker waited for (10 s)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - signalled < 5
+    assert (proc.returncode, err) == (0, "[gen] stopped while starting; nothing was read\n"), err
+
+
+def test_a_second_stop_signal_exits_with_its_own_code(workdir, monkeypatch):
+    from runner import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt(signal.SIGTERM)  # what the runner raises at a second SIGTERM
+
+    monkeypatch.setattr(cli, "cmd_run", interrupted)
+    assert main(["run", write(workdir, BASE)]) == 143

@@ -220,6 +220,7 @@ def test_a_stop_by_signal_is_clean_and_says_which_signal(tmp_path, by_signal):
 
 def test_a_stop_asked_by_a_closed_output_leaves_the_first_signal_a_clean_stop(tmp_path):
     runner, lines = endless_runner(tmp_path, {"type": "console"})
+    runner.opened = True  # running (a stop while starting raises Stopped at once)
     runner._output_closed()  # runner run ... | head: head is gone
     assert runner.stop_requested and "closed by its reader" in lines[-1]
     runner._on_signal(signal.SIGTERM, None)  # Ctrl+C reaching the runner beside head: still the first
@@ -267,3 +268,18 @@ def test_only_the_runners_own_status_lines_stop_it_when_their_reader_is_gone(tmp
         assert runner.stop_requested == (name == "stdout")
     for stream in streams:
         stream.close()  # silenced: what they still hold goes to /dev/null
+
+
+def test_a_sink_that_fails_to_close_does_not_keep_the_rest_from_closing(tmp_path, monkeypatch):
+    # a jsonl file on a full disk cannot write out its buffer at close: its outputs are in the outbox
+    from plugins.sinks.jsonl import JsonlSink
+
+    def full(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(JsonlSink, "close", full)
+    runner, lines = endless_runner(tmp_path, {"type": "jsonl", "path": str(tmp_path / "out.jsonl")})
+    runner.stop_requested = True
+    assert runner.run() == 0
+    assert "[endless] sink jsonl did not close cleanly: [Errno 28] No space left on device" in lines
+    assert lines[-1].startswith("[endless] stopped cleanly") and runner.store._env is None  # the state closed too
