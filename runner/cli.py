@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_validate)
 
     plugs = sub.add_parser("plugins", help="list sources, stages and sinks with their config keys")
+    plugs.add_argument("pipeline", nargs="?",
+                       help="a pipeline file: the modules it names under plugins: are listed too (it must be valid)")
     plugs.add_argument("--schema", action="store_true", help="print the generated pipeline JSON Schema instead")
     plugs.set_defaults(func=cmd_plugins)
 
@@ -103,7 +105,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plugins(args) -> int:
-    registry = plugins.load()
+    registry = config.load(args.pipeline).registry if args.pipeline else plugins.load()
     if args.schema:
         print(json.dumps(config.pipeline_schema(registry), indent=2))
         return 0

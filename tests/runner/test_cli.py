@@ -260,3 +260,17 @@ def test_a_second_stop_signal_exits_with_its_own_code(workdir, monkeypatch):
 
     monkeypatch.setattr(cli, "cmd_run", interrupted)
     assert main(["run", write(workdir, BASE)]) == 143
+
+
+def test_plugins_lists_the_modules_a_pipeline_names_too(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_stages.py").write_text(
+        "from runner import hookimpl\nfrom runner.components import Stage\n\n"
+        "class Shout(Stage):\n    type = 'shout'\n\n"
+        "@hookimpl\ndef runner_register_stages():\n    return [Shout]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = write(tmp_path, "name: p\nplugins: [my_stages]\nsource: {type: file, path: e.jsonl}\n"
+                           "dlq: {type: jsonl, path: d.jsonl}\nstages: [{type: shout}]\n")
+    assert main(["plugins"]) == 0
+    assert "from my_stages" not in capsys.readouterr().out  # named only in the pipeline
+    assert main(["plugins", path]) == 0
+    assert "  shout              from my_stages" in capsys.readouterr().out
