@@ -18,9 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    if not getattr(args, "takes_signals", False):  # it has no handlers of its own: Python's, now
-        signals.release()
     try:
+        if not getattr(args, "takes_signals", False):  # it has no handlers of its own: Python's, now
+            signals.release()
         status = args.func(args)
         sys.stdout.flush()  # here, so that a reader gone is seen here, not in the flush at exit
         return status

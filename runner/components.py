@@ -175,6 +175,9 @@ class Stage(Component):
     """
 
     windowed: ClassVar[bool] = False  # True: takes part in event time (watermarks, lateness)
+    # keys of the stage's table whose values its definition is not needed to read (a window
+    # stage's late counter): holding only those, it takes a changed definition
+    definition_free_keys: ClassVar[tuple[bytes, ...]] = ()
 
     def fingerprint(self) -> dict | None:
         """Parameters a stored state must have been made with (window sizes...). A state

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from runner.components import RunnerError
-from runner.engine import build_stages, check_state, fingerprints_of
+from runner.engine import build_stages, check_state
 from runner.state import LmdbStore, take_lock
 from runner.times import format_ms, format_watermark
 
@@ -28,7 +28,7 @@ def dump_state(pipeline) -> dict:
         if store.meta("checkpoint") is None:
             return dict(NEVER_RAN)
         built = build_stages(pipeline)
-        check_state(store, settings, fingerprints_of(built))  # what run refuses, dump must not misread
+        check_state(store, settings, built)  # what run refuses, dump must not misread
         stages = {}
         for stage in built:
             part = stage.dump(store.table(stage.name))

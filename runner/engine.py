@@ -54,7 +54,7 @@ def fingerprints_of(stages: list) -> dict:
     return {stage.name: stage.fingerprint() for stage in stages if stage.fingerprint() is not None}
 
 
-def check_state(store: Store, settings: dict, fingerprints: dict) -> None:
+def check_state(store: Store, settings: dict, stages: list) -> None:
     """Refuse a state written by another pipeline, another format or other stage definitions."""
     fmt = store.meta("format")
     if fmt is None:
@@ -68,14 +68,22 @@ def check_state(store: Store, settings: dict, fingerprints: dict) -> None:
         raise RunnerError(f"the state at {where} belongs to pipeline {owner!r}, not {settings['name']!r}: "
                           f"give this pipeline its own state.path")
     stored, sizes = store.meta("fingerprints") or {}, store.table_sizes()
-    for stage, now in fingerprints.items():
-        before = stored.get(stage)
-        if before is not None and before != now and sizes.get(stage):  # (nothing stored: nothing to misread)
+    for name, now in fingerprints_of(stages).items():
+        before = stored.get(name)
+        if before is not None and before != now and _holds_state(store, stages, name, sizes):
             changed = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
                                 if before.get(k) != now.get(k))
-            raise RunnerError(f"stage {stage} was checkpointed with another definition ({changed}); "
+            raise RunnerError(f"stage {name} was checkpointed with another definition ({changed}); "
                               f"its state cannot be read with the new one: run 'runner state reset' "
                               f"to start over, or restore the old definition")
+
+
+def _holds_state(store: Store, stages: list, name: str, sizes: dict) -> bool:
+    """The stage's table holds entries its definition is needed to read (nothing stored, or
+    only its ``definition_free_keys``: a new definition is safe)."""
+    stage = next(stage for stage in stages if stage.name == name)
+    free = sum(1 for key in stage.definition_free_keys if store.read(name, key) is not None)
+    return sizes.get(name, 0) > free
 
 
 def orphaned_state(store: Store, stages: list) -> list[str]:
@@ -128,7 +136,7 @@ class Runner:
         self.stages = build_stages(self.pipeline)
         fingerprints = fingerprints_of(self.stages)
         self.store = open_store(s)
-        check_state(self.store, s, fingerprints)
+        check_state(self.store, s, self.stages)
         for warning in orphaned_state(self.store, self.stages):
             self.log(warning, file=sys.stderr)
         # a stage renamed or removed keeps its stored definition while its state is there: it

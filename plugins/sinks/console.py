@@ -60,7 +60,7 @@ class ConsoleSink(Sink):
         shown = self._next_second()
         for line in lines:
             size = line.count("\n") + 1
-            if self.shown + size <= self.budget:
+            if self.shown == 0 or self.shown + size <= self.budget:  # a second's first line, however long
                 shown.append(line)
                 self.shown += size
             else:

@@ -68,7 +68,9 @@ class Aggregate(Stage):
         self.display = config.get("display") or {}
 
     def fingerprint(self):
-        return {"type": self.type, "key_by": self.key_by, "aggregations": self.config["aggregations"]}
+        # milestones too: an entry keeps the highest multiple of each step it reached
+        return {"type": self.type, "key_by": self.key_by, "aggregations": self.config["aggregations"],
+                "milestones": self.config.get("milestones", {})}
 
     def build(self, table, emit):
         return AggregateProcessor(self, table, emit)

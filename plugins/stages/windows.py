@@ -38,6 +38,7 @@ class WindowStage(Stage):
     """What every window stage shares: event time, late events, results and the dump."""
 
     windowed = True
+    definition_free_keys = (LATE,)
     RESULT_FIELDS = ("id", "stage", "key", "window_start", "window_end")  # and the aggregations
 
     @classmethod

@@ -127,3 +127,13 @@ def test_display_lines_over_the_budget_are_counted_and_a_notice_is_never_split(c
     sink.close()  # the last count is shown at the end, not lost
     assert capsys.readouterr().out.splitlines() == [
         "report 3", "... 1 more display lines not shown (over max_lines_per_s)"]
+
+
+def test_a_budget_of_one_line_still_shows_each_seconds_first_notice(capsys, monkeypatch):
+    from plugins.sinks import console
+    from runner.components import Context
+
+    monkeypatch.setattr(console.time, "monotonic", lambda: 100.0)
+    sink = console.ConsoleSink({"max_lines_per_s": 1}, Context("p", "console", {}))
+    sink.display(["[VALIDATION ERROR] x\n[DLQ] sent t/0@1 to the dead letter queue", "[VALIDATION ERROR] y\n[DLQ] ..."])
+    assert capsys.readouterr().out.splitlines() == ["[VALIDATION ERROR] x", "[DLQ] sent t/0@1 to the dead letter queue"]

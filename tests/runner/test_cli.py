@@ -274,3 +274,17 @@ def test_plugins_lists_the_modules_a_pipeline_names_too(tmp_path, monkeypatch, c
     assert "from my_stages" not in capsys.readouterr().out  # named only in the pipeline
     assert main(["plugins", path]) == 0
     assert "  shout              from my_stages" in capsys.readouterr().out
+
+
+def test_a_stop_signal_held_at_start_acts_as_python_would_for_other_commands(workdir, capsys):
+    from runner import signals
+
+    path = write(workdir, BASE)
+    signals.hold()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl+C while `runner validate` was importing
+        assert main(["validate", path]) == 130  # as Python's Ctrl+C, without a traceback
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert "valid pipeline" not in capsys.readouterr().out

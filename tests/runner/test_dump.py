@@ -1,6 +1,8 @@
 """``runner state dump`` and ``runner state reset``: they read and delete only what is the
 pipeline's state, and refuse what a run would refuse."""
 
+import json
+
 import pytest
 
 from runner.cli import main
@@ -85,3 +87,21 @@ def test_a_changed_definition_is_taken_once_the_stage_holds_nothing(workdir, cap
     assert main(["run", path, "--until-end", "--set", "stages.per_5m.size=10m"]) == 0
     assert main(["state", "dump", path, "--set", "stages.per_5m.size=10m"]) == 0
     assert "another definition" not in capsys.readouterr().err
+
+
+def test_a_drained_window_stage_holding_only_its_late_count_takes_a_new_definition(workdir, capsys):
+    late = {"event_id": "e0", "user_id": "u1", "page_url": "/home", "timestamp": "2026-11-24T07:50:00Z"}
+    with open(workdir / "events.jsonl", "a") as f:
+        f.write(json.dumps(late) + "\n")  # after 08:00 with no grace: late
+    path = write(workdir, BASE)
+    assert main(["run", path, "--drain"]) == 0
+    assert main(["run", path, "--until-end", "--set", "stages.per_5m.size=10m"]) == 0
+    assert "another definition" not in capsys.readouterr().err
+
+
+def test_changed_milestones_are_refused_while_the_stage_holds_state(workdir, capsys):
+    # an entry keeps the highest multiple of each step it reached: another step would misread it
+    path = write(workdir, BASE.replace("stages:\n", "stages:" + AGGREGATE + "    milestones: {views: 5}\n"))
+    assert main(["run", path, "--until-end"]) == 0
+    assert main(["run", path, "--until-end", "--set", "stages.per_page.milestones.views=2"]) == 1
+    assert "milestones: {'views': 5} -> {'views': 2}" in capsys.readouterr().err
