@@ -181,7 +181,8 @@ class Stage(Component):
 
     def fingerprint(self) -> dict | None:
         """Parameters a stored state must have been made with (window sizes...). A state
-        made with others is refused at start instead of being read wrongly."""
+        made with others is refused at start, while the stage's table holds entries (but its
+        ``definition_free_keys``), instead of being read wrongly; an empty one takes them."""
         return None
 
     def build(self, table, emit) -> "Processor":

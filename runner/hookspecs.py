@@ -43,7 +43,9 @@ def runner_register_sinks():
 
 @hookspec
 def runner_register_commands(subparsers):
-    """Called once when the command line is built, before arguments are parsed.
+    """Called once when the command line is built, before arguments are parsed: so only
+    for installed plugins (entry point group ``runner``), not for a module named in a
+    pipeline's ``plugins:``, which is loaded with the pipeline.
 
     ``subparsers`` is the ``argparse`` sub-parser action of ``runner``: add commands with
     ``subparsers.add_parser(name, help=...)`` and ``set_defaults(func=callable)``; the

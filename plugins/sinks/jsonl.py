@@ -19,7 +19,7 @@ class JsonlSink(Sink):
     type = "jsonl"
     exactly_once = True
     config_schema = obj({
-        "path": {"type": "string", "minLength": 1, "description": "the file to append to (its directory is created)"},
+        "path": {"type": "string", "minLength": 1, "description": "the file to write (its directory is created); emptied by a start with no checkpoint (a first run, after a state reset, every start with state.backend memory)"},
     }, required=("path",), description="Writes results (or dead letters) as JSON lines, exactly once across crashes.")
 
     @classmethod
