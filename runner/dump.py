@@ -8,7 +8,7 @@ from pathlib import Path
 
 from runner.components import RunnerError
 from runner.engine import build_stages, check_state
-from runner.state import LmdbStore, take_lock
+from runner.state import LmdbStore, require_directory, take_lock
 from runner.times import format_ms, format_watermark
 
 NEVER_RAN = {"checkpoint": 0, "offsets": {}, "event_time": {}, "watermark": None, "stages": {}}
@@ -18,8 +18,7 @@ def dump_state(pipeline) -> dict:
     """The last checkpoint, read without a lock (the pipeline may be running)."""
     settings = pipeline.settings
     path = Path(settings["state"]["path"])
-    if path.exists() and not path.is_dir():
-        raise RunnerError(f"state.path {path} is not a directory")
+    require_directory(path)
     try:
         store = LmdbStore(path, readonly=True)
     except FileNotFoundError:
@@ -28,7 +27,7 @@ def dump_state(pipeline) -> dict:
         if store.meta("checkpoint") is None:
             return dict(NEVER_RAN)
         built = build_stages(pipeline)
-        check_state(store, settings, built)  # what run refuses, dump must not misread
+        check_state(store, settings, built, store.table_sizes())  # what run refuses, dump must not misread
         stages = {}
         for stage in built:
             part = stage.dump(store.table(stage.name))

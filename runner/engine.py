@@ -54,8 +54,9 @@ def fingerprints_of(stages: list) -> dict:
     return {stage.name: stage.fingerprint() for stage in stages if stage.fingerprint() is not None}
 
 
-def check_state(store: Store, settings: dict, stages: list) -> None:
-    """Refuse a state written by another pipeline, another format or other stage definitions."""
+def check_state(store: Store, settings: dict, stages: list, sizes: dict) -> None:
+    """Refuse a state written by another pipeline, another format or other stage definitions
+    (``sizes``: the store's ``table_sizes``)."""
     fmt = store.meta("format")
     if fmt is None:
         return
@@ -67,30 +68,30 @@ def check_state(store: Store, settings: dict, stages: list) -> None:
     if owner != settings["name"]:
         raise RunnerError(f"the state at {where} belongs to pipeline {owner!r}, not {settings['name']!r}: "
                           f"give this pipeline its own state.path")
-    stored, sizes = store.meta("fingerprints") or {}, store.table_sizes()
-    for name, now in fingerprints_of(stages).items():
-        before = stored.get(name)
-        if before is not None and before != now and _holds_state(store, stages, name, sizes):
+    stored = store.meta("fingerprints") or {}
+    for stage in stages:
+        now, before = stage.fingerprint(), stored.get(stage.name)
+        if now is not None and before is not None and before != now and _holds_state(store, stage, sizes):
             changed = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
                                 if before.get(k) != now.get(k))
-            raise RunnerError(f"stage {name} was checkpointed with another definition ({changed}); "
+            raise RunnerError(f"stage {stage.name} was checkpointed with another definition ({changed}); "
                               f"its state cannot be read with the new one: run 'runner state reset' "
                               f"to start over, or restore the old definition")
 
 
-def _holds_state(store: Store, stages: list, name: str, sizes: dict) -> bool:
+def _holds_state(store: Store, stage, sizes: dict) -> bool:
     """The stage's table holds entries its definition is needed to read (nothing stored, or
     only its ``definition_free_keys``: a new definition is safe)."""
-    stage = next(stage for stage in stages if stage.name == name)
-    free = sum(1 for key in stage.definition_free_keys if store.read(name, key) is not None)
-    return sizes.get(name, 0) > free
+    free = sum(1 for key in stage.definition_free_keys if store.read(stage.name, key) is not None)
+    return sizes.get(stage.name, 0) > free
 
 
-def orphaned_state(store: Store, stages: list) -> list[str]:
-    """Warnings for tables of the state that no stage of the pipeline reads (a stage renamed
-    or removed): their state is kept, unused, and the stage under the new name starts empty."""
+def orphaned_state(sizes: dict, stages: list) -> list[str]:
+    """Warnings for tables of the state (``sizes``: the store's ``table_sizes``) that no stage
+    of the pipeline reads (a stage renamed or removed): their state is kept, unused, and the
+    stage under the new name starts empty."""
     names = {stage.name for stage in stages}
-    orphans = {name: count for name, count in store.table_sizes().items() if name not in names and count}
+    orphans = {name: count for name, count in sizes.items() if name not in names and count}
     return [f"WARNING: the state holds {count:,} entr{'y' if count == 1 else 'ies'} of stage {name!r}, which this pipeline no longer has: "
             f"a renamed stage starts empty under its new name (rename it back to go on from its state); "
             f"the old state stays unused until 'runner state reset'" for name, count in sorted(orphans.items())]
@@ -134,15 +135,15 @@ class Runner:
         self.source, = build(self.pipeline, "source")
         self.max_bytes = s["source"].get("max_record_bytes", 1 << 20)
         self.stages = build_stages(self.pipeline)
-        fingerprints = fingerprints_of(self.stages)
         self.store = open_store(s)
-        check_state(self.store, s, self.stages)
-        for warning in orphaned_state(self.store, self.stages):
+        sizes = self.store.table_sizes()
+        check_state(self.store, s, self.stages, sizes)
+        for warning in orphaned_state(sizes, self.stages):
             self.log(warning, file=sys.stderr)
         # a stage renamed or removed keeps its stored definition while its state is there: it
         # must not be read under the old name with another definition later
-        sizes, stored = self.store.table_sizes(), self.store.meta("fingerprints") or {}
-        fingerprints = {**{name: fp for name, fp in stored.items() if sizes.get(name)}, **fingerprints}
+        stored = self.store.meta("fingerprints") or {}
+        fingerprints = {**{name: fp for name, fp in stored.items() if sizes.get(name)}, **fingerprints_of(self.stages)}
         self.meta_fixed = {"format": FORMAT, "pipeline": s["name"], "fingerprints": fingerprints}
         number = self.store.meta("checkpoint", 0)
 

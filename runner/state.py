@@ -576,9 +576,14 @@ def take_lock(path: Path):
     return lock
 
 
-def _open_lock(path: Path):
+def require_directory(path: Path) -> None:
+    """Refuse a ``state.path`` that is there but is not a directory (a file)."""
     if path.exists() and not path.is_dir():
         raise RunnerError(f"state.path {path} is not a directory")
+
+
+def _open_lock(path: Path):
+    require_directory(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
