@@ -7,7 +7,8 @@ the same (or a newer) record, so a redelivery after a crash or a failed flush ne
 a second row, and the sink needs no state of its own. No transaction stays open between
 checkpoints.
 
-The table (created if missing, also when it is dropped while the sink runs)::
+The table (created if missing; also when it is dropped while the sink runs, with a warning on
+stderr: the rows it held are gone)::
 
     id           text PRIMARY KEY      -- the output's id
     stage        text NOT NULL         -- the stage that produced it
@@ -24,10 +25,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+import sys
 import time
 
 from runner import hookimpl
 from runner.components import RunnerError, Sink
+from runner.display import show
 from runner.schema import obj
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -245,6 +248,9 @@ class PostgresSink(Sink):
                 self._write_rows(rows)
             except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
                 # the table (or its schema) was dropped meanwhile: a new connection creates it again
+                show(f"WARNING: sink {self.name}: table {self.table} at {self.where} was dropped while the "
+                     f"runner wrote to it: creating it again; the rows it held are gone (only outputs not yet "
+                     f"confirmed are written again)", sys.stderr)
                 self._drop()
                 self._write_rows(rows)
         except (psycopg.Error, RunnerError) as exc:

@@ -259,7 +259,7 @@ def test_a_table_named_like_the_sinks_temporary_table_is_written(postgres_dsn):
 
 
 @pytest.mark.parametrize("dropped", ["table", "schema"])
-def test_a_table_dropped_between_two_flushes_is_created_again_by_the_next(postgres_dsn, pg_table, dropped):
+def test_a_table_dropped_between_two_flushes_is_created_again_by_the_next(postgres_dsn, pg_table, dropped, capsys):
     schema = pg_table.replace("test_sink_", "test_schema_")
     table = f"{schema}.results" if dropped == "schema" else pg_table
     sink = make_sink(postgres_dsn, table)
@@ -268,11 +268,14 @@ def test_a_table_dropped_between_two_flushes_is_created_again_by_the_next(postgr
         sink.flush()
         with psycopg.connect(postgres_dsn, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE" if dropped == "schema" else f"DROP TABLE {table}")
+        assert "dropped" not in capsys.readouterr().err
         sink.deliver(results(range(3, 5)))
         assert sink.flush() is None
         sink.close()
         with psycopg.connect(postgres_dsn) as conn:
             assert sorted(r[0] for r in conn.execute(f"SELECT record->>'events' FROM {table}")) == ["3", "4"]
+        assert f"table {table} at 127.0.0.1:5432/test was dropped while the runner wrote to it: creating it " \
+               f"again" in capsys.readouterr().err
     finally:
         sink.close()
         with psycopg.connect(postgres_dsn, autocommit=True) as conn:
