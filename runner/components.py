@@ -76,6 +76,9 @@ class Context:
         self.settings = settings  # the whole validated pipeline (read only)
         self.time_field = (settings.get("event_time") or {}).get("field", "timestamp")
         self.formatters: dict = {}  # stage name -> its console formatter (filled by the runner)
+        # set by the runner before sinks open: the run starts with no checkpoint (a first run,
+        # after a state reset, every start of a memory state)
+        self.fresh_state = True
 
     def time_of(self, event: Event) -> int:
         """The event's time (ms) from ``event_time.field``, read once and kept on the event."""
@@ -291,10 +294,11 @@ class Sink(Component):
 
     def fresh_start(self) -> Any:
         """Called after ``open(None)`` when nothing of this pipeline can be waiting at this
-        sink: no state of it was ever committed and the outbox is empty (a first run, a new
-        sink, or a state reset). An exactly-once sink may then skip looking for earlier
-        deliveries. The return value (None: nothing) is committed like ``flush``'s, in the
-        next checkpoint, which is on disk before anything is delivered."""
+        sink: no state of it was ever committed (a first run, a state reset, a new, renamed
+        or retyped sink), so no run of this state gave it anything. An exactly-once sink may
+        then skip looking for earlier deliveries (``context.fresh_state`` tells a first run
+        from a sink new to an existing state). The return value (None: nothing) is committed
+        like ``flush``'s, in a checkpoint on disk before anything is delivered."""
         return None
 
     def deliver(self, outputs: list) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from runner.components import RunnerError
 from runner.engine import build_stages, check_state
-from runner.state import LmdbStore, require_directory, take_lock
+from runner.state import LmdbStore, foreign_entries, require_directory, take_lock
 from runner.times import format_ms, format_watermark
 
 NEVER_RAN = {"checkpoint": 0, "offsets": {}, "event_time": {}, "watermark": None, "stages": {}}
@@ -45,9 +45,6 @@ def dump_state(pipeline) -> dict:
         store.close()
 
 
-STATE_FILES = {"data.mdb", "lock.mdb", "runner.lock"}  # all that a state directory holds
-
-
 def reset_state(pipeline) -> bool:
     """Delete the pipeline's state directory; refuses while a runner holds it, and a directory
     that holds anything but a state, or the state of another pipeline. False if none."""
@@ -57,10 +54,9 @@ def reset_state(pipeline) -> bool:
         return False
     if not path.is_dir():
         raise RunnerError(f"state.path {path} is not a directory: nothing deleted")
-    foreign = sorted(entry.name for entry in path.iterdir() if entry.name not in STATE_FILES)
+    foreign = foreign_entries(path)
     if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise RunnerError(f"{path} holds more than a runner's state ({shown}): nothing deleted; "
+        raise RunnerError(f"{path} holds more than a runner's state ({foreign}): nothing deleted; "
                           f"is state.path the directory you meant?")
     lock = take_lock(path)  # raises RunnerError while a runner is using it
     try:

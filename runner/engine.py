@@ -164,17 +164,19 @@ class Runner:
         formatters = {st.name: st.format_result for st in self.stages}
         for sink in self.sinks.values():
             sink.context.formatters = formatters
-        sink_states = dict(self.store.meta("sinks", {}) or {})
+        sink_states = self._sink_states(number)
         for name, sink in self.sinks.items():
-            sink.open(sink_states.get(name))
+            sink.open(sink_states[name])
         outbox = self.store.outbox()
-        # With the outbox empty, no output waits for a confirmation: a sink that never
-        # committed a state has nothing of ours to find (a full outbox may hold outputs
-        # delivered before a sink's first confirmation)
-        if not outbox:
-            for name, sink in self.sinks.items():
-                if sink_states.get(name) is None:
-                    sink_states[name] = sink.fresh_start()
+        gone = sorted(set(self.store.meta("sinks", {}) or {}) - set(self.sinks))
+        if outbox and gone:
+            self.log(f"WARNING: the outbox holds {len(outbox)} outputs that sink {', '.join(gone)}, which this "
+                     f"pipeline no longer has, had not confirmed: what was meant for it never reaches it",
+                     file=sys.stderr)
+        new = self._new_sinks(sink_states, bool(outbox))
+        for name in new:
+            sink_states[name] = self.sinks[name].fresh_start()
+        self.meta_fixed["sink_types"] = {name: sink.type for name, sink in self.sinks.items()}
         next_seq = outbox[-1][0] + 1 if outbox else 0
         self.checkpoint = Checkpoint(self.store, self.sinks, tuple(d["name"] for d in s["sinks"]), number,
                                      next_seq, should_stop=lambda: self.stop_requested, log=self.log,
@@ -189,10 +191,48 @@ class Runner:
             self.tracker = EventTime(
                 self.stages[0].context, self.stages[self.first_windowed].name,
                 duration_ms(et["grace"]), duration_ms(et["idle_timeout"]) if not self.bounded else 0,
-                self.store.meta("event_time", {}) or {}, self.store.meta("watermark", -math.inf))
+                # the partitions of the source's topics at start only (CONTRACT section 6): one
+                # that is no longer read would hold the watermark back for good
+                {p: h for p, h in (self.store.meta("event_time", {}) or {}).items() if p in self.positions},
+                self.store.meta("watermark", -math.inf))
             self.tracker.add_partitions(self.positions)
+            # windows final under the stored event time with today's grace (or a stage back
+            # under its old name) are emitted now, not only once a record comes
+            self._advance(self.tracker.recompute())
+        if outbox and new:
+            self._commit()  # the new sinks known, with their fresh states, before the outbox reaches them
+            self.checkpoint.settle()
         self.checkpoint.redeliver(outbox)
         self._report_start(number, stored_offsets, len(outbox), (time.perf_counter() - started) * 1000)
+
+    def _sink_states(self, number: int) -> dict:
+        """Each sink's committed state (None: none), but where the state held a sink of another
+        type under its name (a DLQ switched from kafka to jsonl): that state is not for it."""
+        states = self.store.meta("sinks", {}) or {}
+        types = self.store.meta("sink_types") or {}
+        chosen = {}
+        for name, sink in self.sinks.items():
+            sink.context.fresh_state = number == 0
+            chosen[name] = states.get(name)
+            if chosen[name] is not None and types.get(name, sink.type) != sink.type:
+                self.log(f"[{self.settings['name']}] sink {name} is a {sink.type} sink now, not {types[name]}: "
+                         f"it starts without the old one's committed state", file=sys.stderr)
+                chosen[name] = None
+        return chosen
+
+    def _new_sinks(self, states: dict, outbox: bool) -> list[str]:
+        """The sinks that no run of this state gave anything: nothing of ours can be waiting
+        at them (see ``Sink.fresh_start``). With the outbox empty, that is every sink without
+        a committed state. With outputs waiting, a sink the last run had may have been given
+        some before its first confirmation: new are only sinks the state does not know under
+        that name and type, as every start commits the sinks it has (meta "sink_types") before
+        it delivers anything. A state older than that knows no new sink."""
+        if not outbox:
+            return [name for name, state in states.items() if state is None]
+        known = self.store.meta("sink_types")
+        if known is None:
+            return []
+        return [name for name, sink in self.sinks.items() if known.get(name) != sink.type]
 
     def _report_start(self, number, offsets, outbox, elapsed_ms) -> None:
         name = self.settings["name"]

@@ -582,8 +582,25 @@ def require_directory(path: Path) -> None:
         raise RunnerError(f"state.path {path} is not a directory")
 
 
+STATE_FILES = {"data.mdb", "lock.mdb", "runner.lock"}  # all that a state directory holds
+
+
+def foreign_entries(path: Path) -> str | None:
+    """What the directory ``path`` holds beside a runner's state, as a message names it
+    (None: nothing)."""
+    foreign = sorted(entry.name for entry in path.iterdir() if entry.name not in STATE_FILES)
+    if not foreign:
+        return None
+    return ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+
+
 def _open_lock(path: Path):
     require_directory(path)
+    if path.is_dir() and not (path / "data.mdb").exists():
+        foreign = foreign_entries(path)
+        if foreign:  # a new state goes into a directory of its own, which `state reset` deletes whole
+            raise RunnerError(f"state.path {path} holds other files ({foreign}) and no state: is it the "
+                              f"directory you meant? a new state needs an empty or new directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

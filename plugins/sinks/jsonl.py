@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 
 from runner import hookimpl
 from runner.components import RunnerError, Sink
+from runner.display import show
 from runner.schema import obj
 
 
 class JsonlSink(Sink):
-    """Appends outputs to a file. Each checkpoint commits the file's length after the outputs
-    it confirmed; on start (and after a failed write) the file is cut back to that length and
-    the outbox is written again, so a crash neither loses nor repeats a line.
+    """Appends outputs to a file. Each checkpoint commits the file's real path and its length
+    after the outputs it confirmed; on start (and after a failed write) the file is cut back
+    to that length and the outbox is written again, so a crash neither loses nor repeats a
+    line. A start with no checkpoint empties the file; a file the state holds no length of (a
+    new or renamed sink, another path) keeps what it holds, and outputs follow it. While it
+    runs, the sink holds a lock on the file: two runners never write one file.
     Also a DLQ type: ``dlq: {type: jsonl, path: ...}``."""
 
     type = "jsonl"
     exactly_once = True
     config_schema = obj({
-        "path": {"type": "string", "minLength": 1, "description": "the file to write (its directory is created); emptied by a start with no checkpoint (a first run, after a state reset, every start with state.backend memory)"},
+        "path": {"type": "string", "minLength": 1, "description": "the file to write (its directory is created); emptied by a start with no checkpoint (a first run, after a state reset, every start with state.backend memory); a file the state has no length of is kept and appended to"},
     }, required=("path",), description="Writes results (or dead letters) as JSON lines, exactly once across crashes.")
 
     @classmethod
@@ -43,13 +48,40 @@ class JsonlSink(Sink):
             self.file = open(self.path, "ab")
         except OSError as exc:
             raise RunnerError(f"cannot write {self.path}: {exc.strerror}") from None
-        self.committed = state or 0
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.close()
+            raise RunnerError(f"{self.path} is being written by another runner (a sink or DLQ of another "
+                              f"pipeline?): give this sink a file of its own") from None
+        self.real = os.path.realpath(self.path)
         size = os.fstat(self.file.fileno()).st_size
-        if size < self.committed:
-            print(f"WARNING: {self.path} is shorter ({size} bytes) than its committed length "
-                  f"({self.committed}): was it edited? appending from its end", file=sys.stderr)
-            self.committed = size
+        committed = self._length(state)
+        if committed is None:  # not written here by any run of this state
+            committed = 0 if self.context.fresh_state else size
+            if committed:
+                show(f"sink {self.name}: the state holds no length of {self.path} (a new or renamed sink, or "
+                     f"another path): its {size} bytes are kept and outputs follow them", sys.stderr)
+        elif size < committed:
+            show(f"WARNING: {self.path} is shorter ({size} bytes) than its committed length "
+                 f"({committed}): was it edited? appending from its end", sys.stderr)
+            committed = size
+        self.committed = committed
         self.recover()
+
+    def _length(self, state) -> int | None:
+        """The committed length of this sink's file in ``state``; None if it holds none."""
+        if state.__class__ is int:  # kept by runners before paths were: this sink's file
+            return state
+        if isinstance(state, dict) and state.get("path") == self.real and state.get("length").__class__ is int:
+            return state["length"]
+        return None
+
+    def fresh_start(self):
+        return self._state()
+
+    def _state(self) -> dict:
+        return {"path": self.real, "length": self.committed}
 
     def recover(self):
         """Cut the file back to its committed length: what follows is in the outbox again."""
@@ -79,7 +111,7 @@ class JsonlSink(Sink):
         if end != self.committed:
             os.fdatasync(self.file.fileno())
             self.committed = end
-        return self.committed
+        return self._state()
 
     def close(self):
         if self.file:

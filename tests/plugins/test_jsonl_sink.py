@@ -45,7 +45,7 @@ def test_a_failed_write_makes_the_next_flush_fail_until_recovered(tmp_path):
             sink.flush()  # never confirms outputs that were not all written
         sink.recover()  # cut back to what was confirmed; the runner delivers them again
         sink.deliver(outputs([2, 3]))
-        assert sink.flush() > committed
+        assert sink.flush()["length"] > committed["length"]
     finally:
         sink.close()
     assert path.read_bytes() == b'{"n":1}\n{"n":2}\n{"n":3}\n'
