@@ -121,7 +121,31 @@ def key_text(key) -> str:
 
 def dumps(value) -> bytes:
     """Fast JSON bytes for outputs (keys sorted, so records compare as text too)."""
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        if not _has_big_integer(value):
+            raise
+    # a sum of integers beyond 64 bits (CONTRACT section 3: an integer), which orjson refuses
+    return json.dumps(_finite(value), separators=(",", ":"), ensure_ascii=False, sort_keys=True,
+                      allow_nan=False).encode()
+
+
+def _has_big_integer(value) -> bool:
+    if isinstance(value, dict):
+        return any(map(_has_big_integer, value.values()))
+    if isinstance(value, list):
+        return any(map(_has_big_integer, value))
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT + 1
+
+
+def _finite(value):
+    """``value`` with non-finite floats as null, as orjson writes them."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 loads = orjson.loads

@@ -164,16 +164,10 @@ class Runner:
         formatters = {st.name: st.format_result for st in self.stages}
         for sink in self.sinks.values():
             sink.context.formatters = formatters
-        sink_states = self._sink_states(number)
+        outbox = self.store.outbox()
+        sink_states, new = self._sink_states(number, len(outbox))
         for name, sink in self.sinks.items():
             sink.open(sink_states[name])
-        outbox = self.store.outbox()
-        gone = sorted(set(self.store.meta("sinks", {}) or {}) - set(self.sinks))
-        if outbox and gone:
-            self.log(f"WARNING: the outbox holds {len(outbox)} outputs that sink {', '.join(gone)}, which this "
-                     f"pipeline no longer has, had not confirmed: what was meant for it never reaches it",
-                     file=sys.stderr)
-        new = self._new_sinks(sink_states, bool(outbox))
         for name in new:
             sink_states[name] = self.sinks[name].fresh_start()
         self.meta_fixed["sink_types"] = {name: sink.type for name, sink in self.sinks.items()}
@@ -205,34 +199,44 @@ class Runner:
         self.checkpoint.redeliver(outbox)
         self._report_start(number, stored_offsets, len(outbox), (time.perf_counter() - started) * 1000)
 
-    def _sink_states(self, number: int) -> dict:
-        """Each sink's committed state (None: none), but where the state held a sink of another
-        type under its name (a DLQ switched from kafka to jsonl): that state is not for it."""
-        states = self.store.meta("sinks", {}) or {}
-        types = self.store.meta("sink_types") or {}
-        chosen = {}
+    def _sink_states(self, number: int, waiting: int) -> tuple[dict, list[str]]:
+        """Each sink's committed state (None: none), and the sinks that no run of this state
+        gave anything (see ``Sink.fresh_start``). A sink is known by name and type: one of
+        another type starts without the old one's state (a DLQ switched from kafka to jsonl),
+        and a new name takes the state of the one sink of its type the pipeline no longer has
+        (a rename), so what that one was given and not confirmed is not written twice. With
+        ``waiting`` outputs in the outbox, a known sink without a state may have been given
+        some before its first confirmation, so it is not new: every start commits the sinks
+        it has (meta "sink_types") before it delivers anything. A state older than that
+        knows no sink by type: new are only sinks without a state, with nothing waiting."""
+        stored = self.store.meta("sinks", {}) or {}
+        types = self.store.meta("sink_types")
+        gone = {name: kind for name, kind in (types or dict.fromkeys(stored)).items() if name not in self.sinks}
+        pipeline = self.settings["name"]
+        states, new = {}, []
         for name, sink in self.sinks.items():
             sink.context.fresh_state = number == 0
-            chosen[name] = states.get(name)
-            if chosen[name] is not None and types.get(name, sink.type) != sink.type:
-                self.log(f"[{self.settings['name']}] sink {name} is a {sink.type} sink now, not {types[name]}: "
-                         f"it starts without the old one's committed state", file=sys.stderr)
-                chosen[name] = None
-        return chosen
-
-    def _new_sinks(self, states: dict, outbox: bool) -> list[str]:
-        """The sinks that no run of this state gave anything: nothing of ours can be waiting
-        at them (see ``Sink.fresh_start``). With the outbox empty, that is every sink without
-        a committed state. With outputs waiting, a sink the last run had may have been given
-        some before its first confirmation: new are only sinks the state does not know under
-        that name and type, as every start commits the sinks it has (meta "sink_types") before
-        it delivers anything. A state older than that knows no new sink."""
-        if not outbox:
-            return [name for name, state in states.items() if state is None]
-        known = self.store.meta("sink_types")
-        if known is None:
-            return []
-        return [name for name, sink in self.sinks.items() if known.get(name) != sink.type]
+            state, known = stored.get(name), True
+            if types is not None and types.get(name) != sink.type:
+                renamed = [old for old, kind in gone.items() if kind == sink.type] if name not in types else []
+                if len(renamed) == 1:
+                    state = stored.get(renamed[0])
+                    self.log(f"[{pipeline}] sink {name} takes over the committed state of sink {renamed[0]}, which "
+                             f"this pipeline no longer has (renamed?)", file=sys.stderr)
+                    del gone[renamed[0]]
+                else:
+                    if name in types:
+                        self.log(f"[{pipeline}] sink {name} is a {sink.type} sink now, not {types[name]}: it starts "
+                                 f"without the old one's committed state", file=sys.stderr)
+                    state, known = None, False
+            states[name] = state
+            if state is None and (not waiting or not known):
+                new.append(name)
+        if waiting and gone:
+            self.log(f"WARNING: the outbox holds {waiting} outputs that sink {', '.join(sorted(gone))}, which this "
+                     f"pipeline no longer has, had not confirmed: what was meant for it never reaches it",
+                     file=sys.stderr)
+        return states, new
 
     def _report_start(self, number, offsets, outbox, elapsed_ms) -> None:
         name = self.settings["name"]

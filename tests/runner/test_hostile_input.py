@@ -363,3 +363,24 @@ def test_kafka_record_timestamps_keys_and_tombstones(broker, topic_factory, tmp_
     counted = {k["key"]: k["views"] for k in state["stages"]["page_stats"]["keys"]}
     assert counted == {"/home": 5, "/after": 1}
     assert state["stages"]["validate"]["invalid"] == 3
+
+
+def test_sums_beyond_64_bits_are_written_exactly(tmp_path):
+    """Each revenue fits in 64 bits, their sum does not: still an integer (CONTRACT section 3),
+    written in full, as a top value past 2^64 and a milestone is."""
+    pipeline = {**PIPELINE, "stages": [
+        {"type": "validate"},
+        {"type": "aggregate", "name": "big", "aggregations": {"revenue": {"sum": "revenue"}},
+         "milestones": {"revenue": 10**19}},
+        {"type": "tumbling_window", "name": "traffic", "size": "5m",
+         "aggregations": {"revenue": {"sum": "revenue"}, "top": {"top": "duration", "n": 1}}},
+    ]}
+    driver = Driver(pipeline, tmp_path)
+    most = 2**63 - 1
+    out = driver.run([event(n, revenue=most, duration=2e19) for n in range(3)], drain=True)
+    assert out.dead_letters == []
+    (window,) = [r for r in out.results if r["stage"] == "traffic"]
+    assert window["revenue"] == 3 * most and window["top"] == [[2 * 10**19, 3]]
+    milestones = sorted(r["value"] for r in out.results if r["stage"] == "big")
+    assert milestones == [k * 10**19 for k in range(1, 3 * most // 10**19 + 1)]
+    assert str(3 * most) in (tmp_path / "results.jsonl").read_text()
