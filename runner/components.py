@@ -86,8 +86,11 @@ class Context:
             data = event.data
             if data.__class__ is not dict:
                 raise ProcessingError("event is not a JSON object")
+            value = data.get(self.time_field)
+            if value is None:  # absent, or null: the same (CONTRACT section 4)
+                raise ProcessingError(f"missing event-time field: {self.time_field}")
             try:
-                event.time = parse_event_time(data.get(self.time_field))
+                event.time = parse_event_time(value)
             except InvalidTime as exc:
                 raise ProcessingError(f"invalid timestamp for field {self.time_field}: {exc}") from None
         return event.time

@@ -307,7 +307,7 @@ def _check_target(cls: type, config: dict, path: tuple, targets: dict) -> list[F
     if other == path:
         return []
     return [Finding(path, f"writes {target}, as {format_path(other)} does: a sink of this type must be the only "
-                          f"one writing it, to deliver exactly once after a crash; give one of them another")]
+                          f"one writing it, to deliver exactly once after a crash; point one of them elsewhere")]
 
 
 def _lookup(registry, kind: str, type_name: Any, path: tuple, findings: list) -> type | None:

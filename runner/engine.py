@@ -10,7 +10,7 @@ import time
 from itertools import groupby
 from operator import attrgetter
 
-from runner import signals
+from runner import signals, yamldoc
 from runner.checkpoint import Checkpoint, Stopped
 from runner.codec import DecodeError, decode
 from runner.components import NO_RECORD, Context, Event, RunnerError
@@ -72,11 +72,15 @@ def check_state(store: Store, settings: dict, stages: list, sizes: dict) -> None
     for stage in stages:
         now, before = stage.fingerprint(), stored.get(stage.name)
         if now is not None and before is not None and before != now and _holds_state(store, stage, sizes):
-            changed = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+            changed = ", ".join(f"{k}: {_shown(before, k)} -> {_shown(now, k)}" for k in sorted(set(before) | set(now))
                                 if before.get(k) != now.get(k))
             raise RunnerError(f"stage {stage.name} was checkpointed with another definition ({changed}); "
                               f"its state cannot be read with the new one: run 'runner state reset' "
                               f"to start over, or restore the old definition")
+
+
+def _shown(definition: dict, key: str) -> str:
+    return yamldoc.show(definition[key]) if key in definition else "(none)"
 
 
 def _holds_state(store: Store, stage, sizes: dict) -> bool:

@@ -68,7 +68,15 @@ def read_scalar(text: str) -> Any:
 
 
 def _read_value(text: str) -> Any:
-    """A ``--set`` value: a YAML scalar, or a flow list or mapping (``[a, b]``, ``{k: v}``)."""
+    """A ``--set`` value: a YAML scalar, or a flow list or mapping (``[a, b]``, ``{k: v}``); a
+    quoted scalar is the string inside its quotes (``"{events} events"``, ``'500'``)."""
+    if text[:1] in ("'", '"') and text[-1:] == text[:1] and len(text) > 1:
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+        if isinstance(value, str):
+            return value
     if text.startswith(("[", "{")):
         try:
             value = yaml.safe_load(text)

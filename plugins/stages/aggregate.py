@@ -22,7 +22,7 @@ MAX_MILESTONES = 10_000  # milestones one event may reach at once (one result ea
 class Aggregate(Stage):
     type = "aggregate"
     config_schema = obj({
-        "key_by": {"type": ["string", "null"], "default": None,
+        "key_by": {"type": ["string", "null"], "minLength": 1, "default": None,
                    "description": "the event field to group by (absent or null values form the key null); none: one global key"},
         "aggregations": aggregations_schema(),
         "milestones": {

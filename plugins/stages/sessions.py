@@ -29,7 +29,7 @@ class Session(WindowStage):
         "gap": duration("inactivity that ends a session: events at most this far apart share one", positive=True),
     }), required=("key_by", "gap", "aggregations"),
         description="Per-key sessions of events at most gap apart; results carry duration_s.")
-    config_schema["properties"]["key_by"] = {"type": "string", "description": "the event field that identifies whose session it is"}
+    config_schema["properties"]["key_by"] = {"type": "string", "minLength": 1, "description": "the event field that identifies whose session it is"}
 
     RESULT_FIELDS = (*WindowStage.RESULT_FIELDS, "duration_s")
 

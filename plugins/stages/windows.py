@@ -25,7 +25,7 @@ LATE = b"late"
 
 def window_properties(extra: dict) -> dict:
     return {
-        "key_by": {"type": ["string", "null"], "default": None,
+        "key_by": {"type": ["string", "null"], "minLength": 1, "default": None,
                    "description": "the event field to window per key (absent or null: key null); none: one global window"},
         **extra,
         "aggregations": aggregations_schema(),

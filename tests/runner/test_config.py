@@ -1,6 +1,7 @@
 """Loading and validating pipeline files: every error, with its line, in words a user acts on."""
 
 import textwrap
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -435,6 +436,15 @@ def test_set_by_index_and_by_name(pipeline_file):
     assert p.where(("stages", 2, "size")) == "--set stages.2.size=10m"
 
 
+def test_a_quoted_set_value_is_the_string_inside_its_quotes(pipeline_file):
+    """CONTRACT section 2: the value is read as a YAML scalar; quoted, a template that starts
+    with a brace is text, not a flow mapping, and '500' is not a number."""
+    s = load(pipeline_file(GOOD), ['sinks.jsonl.path="{events:ranked 3 views}.jsonl"',
+                                   "stages.page_stats.key_by='500'"], registry=registry()).settings
+    assert s["sinks"][1]["path"] == "{events:ranked 3 views}.jsonl"
+    assert s["stages"][1]["key_by"] == "500"
+
+
 def test_set_applies_in_order_and_can_add_a_section(pipeline_file):
     text = GOOD.replace("event_time:\n  grace: 30s\n", "")
     s = load(pipeline_file(text), ["event_time.grace=5s", "event_time.grace=7s"], registry=registry()).settings
@@ -577,3 +587,9 @@ def test_pipeline_schema_accepts_good_files_and_rejects_bad_ones(pipeline_file):
     assert list(validator.iter_errors(settings)) == []
     settings["stages"][0]["shema"] = "x"
     assert not validator.is_valid(settings)
+
+
+@pytest.mark.parametrize("stage", ["page_stats", "traffic_5m", "sessions"])
+def test_an_empty_key_by_is_refused(stage):
+    with pytest.raises(ConfigError, match=rf"--set stages.{stage}.key_by=: stages\[\d\].key_by: must not be empty"):
+        load(str(Path(__file__).parents[2] / "pipelines" / "fault_tolerant.yaml"), [f"stages.{stage}.key_by="])

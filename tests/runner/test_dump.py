@@ -104,4 +104,4 @@ def test_changed_milestones_are_refused_while_the_stage_holds_state(workdir, cap
     path = write(workdir, BASE.replace("stages:\n", "stages:" + AGGREGATE + "    milestones: {views: 5}\n"))
     assert main(["run", path, "--until-end"]) == 0
     assert main(["run", path, "--until-end", "--set", "stages.per_page.milestones.views=2"]) == 1
-    assert "milestones: {'views': 5} -> {'views': 2}" in capsys.readouterr().err
+    assert 'milestones: {"views":5} -> {"views":2}' in capsys.readouterr().err

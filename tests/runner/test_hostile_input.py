@@ -384,3 +384,13 @@ def test_sums_beyond_64_bits_are_written_exactly(tmp_path):
     milestones = sorted(r["value"] for r in out.results if r["stage"] == "big")
     assert milestones == [k * 10**19 for k in range(1, 3 * most // 10**19 + 1)]
     assert str(3 * most) in (tmp_path / "results.jsonl").read_text()
+
+
+def test_an_event_without_its_event_time_field_is_told_so(tmp_path):
+    """With event_time.field outside the schema, the first window stage finds it absent or
+    null (the same, section 4): a processing error naming the field."""
+    pipeline = {**PIPELINE, "event_time": {"field": "ts", "grace": "0s"}, "stages": [
+        {"type": "tumbling_window", "name": "traffic", "size": "5m", "aggregations": {"events": "count"}}]}
+    out = Driver(pipeline, tmp_path).run([event(0, ts=T0), event(1), event(2, ts=None)], drain=True)
+    assert [(d["offset"], d["error_type"], d["error"]) for d in out.dead_letters] == [
+        (1, "processing", "missing event-time field: ts"), (2, "processing", "missing event-time field: ts")]

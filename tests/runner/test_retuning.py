@@ -232,3 +232,16 @@ def test_two_runners_never_write_one_jsonl_file(tmp_path):
     finally:
         first._abort()
     run(two)  # once the first is gone
+
+
+def test_a_refused_definition_change_names_the_values_as_json(tmp_path):
+    events = clicks(tmp_path / "events.jsonl", [0, 1])
+    path = faults.file_pipeline(tmp_path, events, "in", name="p", stages=[WINDOW], event_time={"grace": "0s"},
+                                sinks=[{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}])
+    run(path)
+    edit(path, stages=[{"type": "session_window", "name": "w", "key_by": "user_id", "gap": "5m",
+                        "aggregations": {"events": "count"}}])
+    with pytest.raises(RunnerError) as refused:
+        run(path)
+    assert ('(advance_ms: 300000 -> (none), gap_ms: (none) -> 300000, key_by: null -> "user_id", size_ms: 300000 '
+            '-> (none), type: "tumbling_window" -> "session_window")') in str(refused.value)
