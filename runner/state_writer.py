@@ -51,7 +51,7 @@ class Writer(Helper):
         except BlockingIOError:
             raise OSError(self._failed(self._stuck(f"took no checkpoint for {self.SEND_WAIT_S:g} s"))) from None
         except OSError:
-            raise OSError(self._failed(self._gone())) from None
+            raise OSError(self._failed(self._last_word() or self._gone())) from None
 
     def ready(self) -> bool:
         """A reply is waiting."""
@@ -80,6 +80,18 @@ class Writer(Helper):
         if self.failure is not None:
             timeout, message = 0.0, None
         super().close(timeout, message)
+
+    def _last_word(self) -> str | None:
+        """The error the child sent before it exited (a full disk when it opened the store),
+        which a write to its closed pipe would hide; None if it sent none."""
+        try:
+            while self.waiting(0):
+                message = self.conn.recv()
+                if message[0] == "error":
+                    return message[1]
+        except (EOFError, OSError):
+            pass
+        return None
 
     def _failed(self, message: str) -> str:
         self.failure = message

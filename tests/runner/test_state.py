@@ -349,3 +349,16 @@ time.sleep(60)
 def test_the_writer_process_goes_with_its_parent_killed(tmp_path):
     assert not faults.helper_outlives_parent(CHILD, str(tmp_path)), "the writer process outlived its parent"
     assert read_back(tmp_path, "t", b"k")[0] == 1
+
+
+def test_a_writer_that_could_not_open_the_store_says_why_at_the_next_write(tmp_path):
+    """The child sends its error and exits (as on a full disk at start); a write to its
+    closed pipe must report that error, not 'ended unexpectedly (exit status 0)'."""
+    with open(tmp_path / "runner.lock", "a+") as lock:
+        writer = Writer(tmp_path, 1 << 62, lock)  # a map no machine has room for
+        try:
+            assert writer.process.wait(30) == 0
+            with pytest.raises(OSError, match=f"the state writer cannot open {tmp_path}: .*Cannot allocate memory"):
+                writer.write([("meta", [(b"k", b"v")], [])])
+        finally:
+            writer.close()
