@@ -22,6 +22,7 @@ and SIGTERM, which reach the parent, whose clean stop still needs it.
 
 from __future__ import annotations
 
+import shutil
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -30,6 +31,7 @@ import lmdb
 
 from runner.helper import STOP_WAIT_S, Helper, child_connection, run_child, send_quietly
 
+FULL_BYTES = 64 << 20  # free space below which an error message asks whether the disk is full
 ANSWER_S = 120.0  # a checkpoint not on disk after this long is a stuck disk, not a slow one
 
 
@@ -112,18 +114,28 @@ def main() -> None:
         path, map_size = conn.recv()
         env = lmdb.open(path, map_size=map_size, max_dbs=256, sync=True, metasync=True, lock=True, readahead=False)
     except lmdb.Error as exc:
-        send_quietly(conn, ("error", f"the state writer cannot open {path}: {exc}"))
+        send_quietly(conn, ("error", f"the state writer cannot open {path}: {exc}{_space(path)}"))
         return
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return
     try:
         _serve(conn, env)
     except lmdb.Error as exc:
-        send_quietly(conn, ("error", f"a checkpoint could not be written to {path}: {exc}"))
+        send_quietly(conn, ("error", f"a checkpoint could not be written to {path}: {exc}{_space(path)}"))
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the parent is gone: what was committed stands
     finally:
         env.close()
+
+
+def _space(path: str) -> str:
+    """A note for an error message when the disk of ``path`` is (nearly) full: LMDB reports a
+    full disk as an I/O error at commit."""
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return ""
+    return f" (its disk has {free:,} bytes free: is it full?)" if free < FULL_BYTES else ""
 
 
 def _serve(conn: Connection, env) -> None:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from runner import state
+from runner import state, state_writer
 from runner.components import RunnerError
 from runner.helper import open_helper_pids
 from runner.state import MAX_IN_FLIGHT, Frozen, FrozenList, LmdbStore, take_lock
@@ -362,3 +362,11 @@ def test_a_writer_that_could_not_open_the_store_says_why_at_the_next_write(tmp_p
                 writer.write([("meta", [(b"k", b"v")], [])])
         finally:
             writer.close()
+
+
+def test_a_writer_error_on_a_nearly_full_disk_asks_whether_it_is_full(tmp_path, monkeypatch):
+    # LMDB reports a full disk as "Input/output error" at commit; a full disk cannot be made
+    # here without mounting one, so its free space is what is faked
+    assert state_writer._space(str(tmp_path)) == ""  # this disk has room
+    monkeypatch.setattr(state_writer.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 << 20, 10 << 20, 4096))
+    assert state_writer._space(str(tmp_path)) == " (its disk has 4,096 bytes free: is it full?)"
