@@ -48,9 +48,14 @@ class Checkpoint:
         self.in_sink = False  # waiting on a sink: a stop must interrupt it (see Runner._on_signal)
         self.confirmed_at = time.monotonic()
 
-    def redeliver(self, outbox: list[tuple[int, tuple]]) -> None:
-        """On start: hand every output of the restored outbox to its sinks again."""
-        self._deliver([(seq, Output.from_tuple(item)) for seq, item in outbox])
+    def redeliver(self, outbox: list[tuple[int, tuple]], renames: dict | None = None) -> None:
+        """On start: hand every output of the restored outbox to its sinks again (a sink
+        renamed since, ``renames`` {old: new}, gets what was meant for its old name)."""
+        outputs = [(seq, Output.from_tuple(item)) for seq, item in outbox]
+        for _, out in outputs:
+            if out.targets and renames:
+                out.targets = tuple(renames.get(name, name) for name in out.targets)
+        self._deliver(outputs)
 
     def commit(self, outputs: list[Output], meta: dict, confirm: bool = False, note=None) -> None:
         """Commit everything since the last checkpoint; its outputs are delivered once it is on disk.

@@ -134,7 +134,7 @@ def dumps(value) -> bytes:
 def _has_big_integer(value) -> bool:
     if isinstance(value, dict):
         return any(map(_has_big_integer, value.values()))
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return any(map(_has_big_integer, value))
     return isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT + 1
 
@@ -143,7 +143,7 @@ def _finite(value):
     """``value`` with non-finite floats as null, as orjson writes them."""
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return None if isinstance(value, float) and not math.isfinite(value) else value
 

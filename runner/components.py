@@ -77,8 +77,10 @@ class Context:
         self.time_field = (settings.get("event_time") or {}).get("field", "timestamp")
         self.formatters: dict = {}  # stage name -> its console formatter (filled by the runner)
         # set by the runner before sinks open: the run starts with no checkpoint (a first run,
-        # after a state reset, every start of a memory state)
+        # after a state reset, every start of a memory state); no output of this state waits
+        # unconfirmed at this sink (the outbox is empty, or the sink is new to the state)
         self.fresh_state = True
+        self.nothing_waiting = True
 
     def time_of(self, event: Event) -> int:
         """The event's time (ms) from ``event_time.field``, read once and kept on the event."""
@@ -296,12 +298,13 @@ class Sink(Component):
         to find what a crash left behind (a file's committed length, Kafka end offsets)."""
 
     def fresh_start(self) -> Any:
-        """Called after ``open(None)`` when nothing of this pipeline can be waiting at this
-        sink: no state of it was ever committed (a first run, a state reset, a new, renamed
-        or retyped sink), so no run of this state gave it anything. An exactly-once sink may
-        then skip looking for earlier deliveries (``context.fresh_state`` tells a first run
-        from a sink new to an existing state). The return value (None: nothing) is committed
-        like ``flush``'s, in a checkpoint on disk before anything is delivered."""
+        """Called after ``open(None)`` when no run of this state gave this sink anything (a
+        first run, a state reset, a new or retyped sink, or any sink without a state while
+        the outbox is empty); ``context.nothing_waiting`` is true then already in ``open``. An
+        exactly-once sink may then skip looking for earlier deliveries (``context.fresh_state``
+        tells a first run from a sink new to an existing state). The return value (None:
+        nothing) is committed like ``flush``'s, in a checkpoint on disk before anything is
+        delivered."""
         return None
 
     def deliver(self, outputs: list) -> None:

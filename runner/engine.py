@@ -16,7 +16,7 @@ from runner.codec import DecodeError, decode
 from runner.components import NO_RECORD, Context, Event, RunnerError
 from runner.display import show
 from runner.eventtime import EventTime
-from runner.outputs import Emitter
+from runner.outputs import Emitter, Output
 from runner.state import FORMAT, READS, LmdbStore, MemoryStore, Store
 from runner.times import duration_ms, format_watermark
 
@@ -169,7 +169,7 @@ class Runner:
         for sink in self.sinks.values():
             sink.context.formatters = formatters
         outbox = self.store.outbox()
-        sink_states, new = self._sink_states(number, len(outbox))
+        sink_states, new, renames = self._sink_states(number, outbox)
         for name, sink in self.sinks.items():
             sink.open(sink_states[name])
         for name in new:
@@ -200,47 +200,70 @@ class Runner:
         if outbox and new:
             self._commit()  # the new sinks known, with their fresh states, before the outbox reaches them
             self.checkpoint.settle()
-        self.checkpoint.redeliver(outbox)
+        self.checkpoint.redeliver(outbox, renames)
         self._report_start(number, stored_offsets, len(outbox), (time.perf_counter() - started) * 1000)
 
-    def _sink_states(self, number: int, waiting: int) -> tuple[dict, list[str]]:
-        """Each sink's committed state (None: none), and the sinks that no run of this state
-        gave anything (see ``Sink.fresh_start``). A sink is known by name and type: one of
-        another type starts without the old one's state (a DLQ switched from kafka to jsonl),
-        and a new name takes the state of the one sink of its type the pipeline no longer has
-        (a rename), so what that one was given and not confirmed is not written twice. With
-        ``waiting`` outputs in the outbox, a known sink without a state may have been given
-        some before its first confirmation, so it is not new: every start commits the sinks
-        it has (meta "sink_types") before it delivers anything. A state older than that
-        knows no sink by type: new are only sinks without a state, with nothing waiting."""
+    def _sink_states(self, number: int, outbox: list) -> tuple[dict, list[str], dict]:
+        """Each sink's committed state (None: none), the sinks that no run of this state gave
+        anything (see ``Sink.fresh_start``), and the renames {old name: new name}.
+
+        A sink is known by name and type (meta "sink_types"): one of another type under a
+        name starts without the old one's state (a DLQ switched from kafka to jsonl). With
+        the outbox empty nothing of ours waits at any sink: every sink without a state is
+        new. With outputs waiting, a known sink may have been given some before its first
+        confirmation, so it is not new (every start commits the sinks it has before it
+        delivers anything); a sink of a name the state does not know is new, unless a sink
+        of its type is gone: then it is that sink renamed, and takes over its state and its
+        outputs, so what that one was given and not confirmed is written once. Which sink
+        became which must be plain (one gone, one new, of that type), or the start is
+        refused. A state older than kept types knows no sink by type: new are only sinks
+        without a state, with nothing waiting."""
         stored = self.store.meta("sinks", {}) or {}
         types = self.store.meta("sink_types")
-        gone = {name: kind for name, kind in (types or dict.fromkeys(stored)).items() if name not in self.sinks}
         pipeline = self.settings["name"]
+        gone = {name: kind for name, kind in (types or dict.fromkeys(stored)).items() if name not in self.sinks}
+        renames = self._renames(types, gone) if outbox and types is not None else {}
         states, new = {}, []
         for name, sink in self.sinks.items():
-            sink.context.fresh_state = number == 0
             state, known = stored.get(name), True
-            if types is not None and types.get(name) != sink.type:
-                renamed = [old for old, kind in gone.items() if kind == sink.type] if name not in types else []
-                if len(renamed) == 1:
-                    state = stored.get(renamed[0])
-                    self.log(f"[{pipeline}] sink {name} takes over the committed state of sink {renamed[0]}, which "
-                             f"this pipeline no longer has (renamed?)", file=sys.stderr)
-                    del gone[renamed[0]]
-                else:
-                    if name in types:
-                        self.log(f"[{pipeline}] sink {name} is a {sink.type} sink now, not {types[name]}: it starts "
-                                 f"without the old one's committed state", file=sys.stderr)
-                    state, known = None, False
+            old = next((old for old, now in renames.items() if now == name), None)
+            if old is not None:
+                state = stored.get(old)
+                self.log(f"[{pipeline}] sink {name} takes over the committed state and the waiting outputs of sink "
+                         f"{old}, which this pipeline no longer has (renamed?)", file=sys.stderr)
+            elif types is not None and types.get(name) != sink.type:
+                if name in types:
+                    self.log(f"[{pipeline}] sink {name} is a {sink.type} sink now, not {types[name]}: it starts "
+                             f"without the old one's committed state", file=sys.stderr)
+                state, known = None, False
             states[name] = state
-            if state is None and (not waiting or not known):
+            if state is None and (not outbox or not known):
                 new.append(name)
-        if waiting and gone:
-            self.log(f"WARNING: the outbox holds {waiting} outputs that sink {', '.join(sorted(gone))}, which this "
-                     f"pipeline no longer has, had not confirmed: what was meant for it never reaches it",
-                     file=sys.stderr)
-        return states, new
+            sink.context.fresh_state, sink.context.nothing_waiting = number == 0, name in new or not outbox
+        lost = [out for out in map(Output.from_tuple, (item for _, item in outbox)) if out.kind == "result"
+                and any(target in gone and target not in renames for target in out.targets or gone)]
+        if lost:
+            names = sorted(set(gone) - set(renames))
+            self.log(f"WARNING: {len(lost)} outputs of the outbox were meant for sink{'s' * (len(names) > 1)} "
+                     f"{', '.join(names)}, which this pipeline no longer has: they never reach "
+                     f"{'them' if len(names) > 1 else 'it'}", file=sys.stderr)
+        return states, new, renames
+
+    def _renames(self, types: dict, gone: dict) -> dict:
+        """With outputs waiting: {gone sink: the sink that takes its place}; RunnerError when
+        more than one sink of a type is gone or new, as which became which is not plain."""
+        renames = {}
+        for kind in set(gone.values()):
+            olds = [name for name, was in gone.items() if was == kind]
+            news = [name for name, sink in self.sinks.items() if sink.type == kind and name not in types]
+            if len(olds) == 1 and len(news) == 1:
+                renames[olds[0]] = news[0]
+            elif news:
+                raise RunnerError(f"sinks {', '.join(olds)} are gone and {', '.join(news)} are new, of type {kind}, "
+                                  f"while outputs wait in the outbox for the sinks the last run had: which became "
+                                  f"which is not plain; start once with the old sinks to deliver them, or rename "
+                                  f"one sink at a time")
+        return renames
 
     def _report_start(self, number, offsets, outbox, elapsed_ms) -> None:
         name = self.settings["name"]

@@ -583,12 +583,13 @@ def require_directory(path: Path) -> None:
 
 
 STATE_FILES = {"data.mdb", "lock.mdb", "runner.lock"}  # all that a state directory holds
+_ALSO_EMPTY = {"lost+found"}  # what a new file system's root holds: still an empty directory
 
 
-def foreign_entries(path: Path) -> str | None:
-    """What the directory ``path`` holds beside a runner's state, as a message names it
-    (None: nothing)."""
-    foreign = sorted(entry.name for entry in path.iterdir() if entry.name not in STATE_FILES)
+def foreign_entries(path: Path, also: set = frozenset()) -> str | None:
+    """What the directory ``path`` holds beside a runner's state (and the names ``also``), as
+    a message names it (None: nothing)."""
+    foreign = sorted(entry.name for entry in path.iterdir() if entry.name not in STATE_FILES | also)
     if not foreign:
         return None
     return ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
@@ -597,7 +598,7 @@ def foreign_entries(path: Path) -> str | None:
 def _open_lock(path: Path):
     require_directory(path)
     if path.is_dir() and not (path / "data.mdb").exists():
-        foreign = foreign_entries(path)
+        foreign = foreign_entries(path, also=_ALSO_EMPTY)
         if foreign:  # a new state goes into a directory of its own, which `state reset` deletes whole
             raise RunnerError(f"state.path {path} holds other files ({foreign}) and no state: is it the "
                               f"directory you meant? a new state needs an empty or new directory")

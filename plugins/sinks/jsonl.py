@@ -16,9 +16,9 @@ class JsonlSink(Sink):
     """Appends outputs to a file. Each checkpoint commits the file's real path and its length
     after the outputs it confirmed; on start (and after a failed write) the file is cut back
     to that length and the outbox is written again, so a crash neither loses nor repeats a
-    line. A start with no checkpoint empties the file; a file the state holds no length of (a
-    new or renamed sink, another path) keeps what it holds, and outputs follow it. While it
-    runs, the sink holds a lock on the file: two runners never write one file.
+    line. A start with no checkpoint empties the file; a new sink keeps what its file holds,
+    and outputs follow it. While it runs, the sink holds a lock on the file: two runners
+    never write one file.
     Also a DLQ type: ``dlq: {type: jsonl, path: ...}``."""
 
     type = "jsonl"
@@ -54,14 +54,15 @@ class JsonlSink(Sink):
             self.close()
             raise RunnerError(f"{self.path} is being written by another runner (a sink or DLQ of another "
                               f"pipeline?): give this sink a file of its own") from None
+        except OSError as exc:  # a file system without locks (some network ones)
+            show(f"WARNING: sink {self.name}: cannot lock {self.path} ({exc.strerror}): a second runner "
+                 f"writing it would not be noticed", sys.stderr)
         self.real = os.path.realpath(self.path)
-        size = os.fstat(self.file.fileno()).st_size
+        stat = os.fstat(self.file.fileno())
+        self.identity, size = [stat.st_dev, stat.st_ino], stat.st_size
         committed = self._length(state)
-        if committed is None:  # not written here by any run of this state
-            committed = 0 if self.context.fresh_state else size
-            if committed:
-                show(f"sink {self.name}: the state holds no length of {self.path} (a new or renamed sink, or "
-                     f"another path): its {size} bytes are kept and outputs follow them", sys.stderr)
+        if committed is None:
+            committed = self._start_length(state, size)
         elif size < committed:
             show(f"WARNING: {self.path} is shorter ({size} bytes) than its committed length "
                  f"({committed}): was it edited? appending from its end", sys.stderr)
@@ -70,18 +71,40 @@ class JsonlSink(Sink):
         self.recover()
 
     def _length(self, state) -> int | None:
-        """The committed length of this sink's file in ``state``; None if it holds none."""
+        """The committed length of this sink's file in ``state``: for the same file (by path,
+        or by device and inode, as after a directory was renamed); None if it holds none."""
         if state.__class__ is int:  # kept by runners before paths were: this sink's file
             return state
-        if isinstance(state, dict) and state.get("path") == self.real and state.get("length").__class__ is int:
+        if isinstance(state, dict) and state.get("length").__class__ is int and (
+                state.get("path") == self.real or state.get("file") == self.identity):
             return state["length"]
         return None
+
+    def _start_length(self, state, size: int) -> int:
+        """Where a file the state holds no length of starts: empty on a first run; whole, with
+        outputs after it, when no output of this state waits at this sink. Otherwise outputs
+        of ours may be in a file the state knows by another name: refused, rather than cutting
+        a file that may not be ours or writing those outputs twice."""
+        if self.context.fresh_state:
+            return 0
+        # another type's state (a state of a runner before sink types were kept): not of this file either
+        foreign = state is not None and not (isinstance(state, dict) and "length" in state)
+        if self.context.nothing_waiting or foreign:
+            if size:
+                show(f"sink {self.name}: the state holds no length of {self.path} (a new sink, or another "
+                     f"file): its {size} bytes are kept and outputs follow them", sys.stderr)
+            return size
+        if state is None:  # given outputs before its first confirmation, by a runner that kept no lengths then
+            return 0
+        raise RunnerError(f"sink {self.name}: the state holds the committed length of {state.get('path')}, not of "
+                          f"{self.path}, and outputs wait that the sink may have written there: start once with "
+                          f"the old path to deliver them, then change it")
 
     def fresh_start(self):
         return self._state()
 
     def _state(self) -> dict:
-        return {"path": self.real, "length": self.committed}
+        return {"path": self.real, "file": self.identity, "length": self.committed}
 
     def recover(self):
         """Cut the file back to its committed length: what follows is in the outbox again."""

@@ -63,7 +63,8 @@ class KafkaSink(Sink):
             self.close()
             raise
         # offsets below which no unconfirmed output of ours can be, as last committed
-        self.base = {int(k.rpartition("/")[2]): v for k, v in (state or {}).items()
+        # (a state that is not a dict is another sink type's, of a runner before sink types were kept)
+        self.base = {int(k.rpartition("/")[2]): v for k, v in (state if isinstance(state, dict) else {}).items()
                      if k.rpartition("/")[0] == self.topic}
         self.candidate = None  # what the last successful flush returned; committed once deliveries go on
         self.checked: dict[int, int] = {}  # partition -> true end at the last read-back

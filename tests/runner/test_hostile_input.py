@@ -394,3 +394,8 @@ def test_an_event_without_its_event_time_field_is_told_so(tmp_path):
     out = Driver(pipeline, tmp_path).run([event(0, ts=T0), event(1), event(2, ts=None)], drain=True)
     assert [(d["offset"], d["error_type"], d["error"]) for d in out.dead_letters] == [
         (1, "processing", "missing event-time field: ts"), (2, "processing", "missing event-time field: ts")]
+
+
+def test_big_integers_in_tuples_are_written_too():
+    from runner.codec import dumps  # a plugin stage may put tuples in its results
+    assert dumps({"t": (2**70, float("nan"))}) == b'{"t":[1180591620717411303424,null]}'
