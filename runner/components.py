@@ -77,8 +77,8 @@ class Context:
         self.time_field = (settings.get("event_time") or {}).get("field", "timestamp")
         self.formatters: dict = {}  # stage name -> its console formatter (filled by the runner)
         # set by the runner before sinks open: the run starts with no checkpoint (a first run,
-        # after a state reset, every start of a memory state); no output of this state waits
-        # unconfirmed at this sink (the outbox is empty, or the sink is new to the state)
+        # after a state reset, every start of a memory state); no output of the outbox is for
+        # this sink, or the sink is new to the state: nothing of ours waits unconfirmed there
         self.fresh_state = True
         self.nothing_waiting = True
 

@@ -207,39 +207,43 @@ class Runner:
         """Each sink's committed state (None: none), the sinks that no run of this state gave
         anything (see ``Sink.fresh_start``), and the renames {old name: new name}.
 
-        A sink is known by name and type (meta "sink_types"): one of another type under a
-        name starts without the old one's state (a DLQ switched from kafka to jsonl). With
-        the outbox empty nothing of ours waits at any sink: every sink without a state is
-        new. With outputs waiting, a known sink may have been given some before its first
-        confirmation, so it is not new (every start commits the sinks it has before it
-        delivers anything); a sink of a name the state does not know is new, unless a sink
-        of its type is gone: then it is that sink renamed, and takes over its state and its
-        outputs, so what that one was given and not confirmed is written once. Which sink
-        became which must be plain (one gone, one new, of that type), or the start is
-        refused. A state older than kept types knows no sink by type: new are only sinks
-        without a state, with nothing waiting."""
+        A sink is known by name and type (meta "sink_types"; a state of an older runner
+        knows names only): one of another type under a name starts without the old one's
+        state (a DLQ switched from kafka to jsonl). With the outbox empty nothing of ours
+        waits at any sink: every sink without a state is new. With outputs waiting, a known
+        sink may have been given some before its first confirmation, so it is not new (every
+        start commits the sinks it has before it delivers anything), while a sink of a name
+        the state does not know is new, unless sinks are gone too: then the one gone sink of
+        its type was renamed to it, and it takes over that sink's state and waiting outputs,
+        so what that one was given and not confirmed is written once. Which sink became which
+        must be plain (one gone, one new, of a type the state knows), or the start is refused."""
         stored = self.store.meta("sinks", {}) or {}
         types = self.store.meta("sink_types")
         pipeline = self.settings["name"]
-        gone = {name: kind for name, kind in (types or dict.fromkeys(stored)).items() if name not in self.sinks}
-        renames = self._renames(types, gone) if outbox and types is not None else {}
+        known_names = types if types is not None else dict.fromkeys(stored)
+        gone = {name: kind for name, kind in known_names.items() if name not in self.sinks}
+        renames = self._renames(types, gone, known_names) if outbox and gone else {}
         states, new = {}, []
         for name, sink in self.sinks.items():
-            state, known = stored.get(name), True
+            state, known = stored.get(name), name in known_names
             old = next((old for old, now in renames.items() if now == name), None)
             if old is not None:
-                state = stored.get(old)
+                state, known = stored.get(old), True
                 self.log(f"[{pipeline}] sink {name} takes over the committed state and the waiting outputs of sink "
                          f"{old}, which this pipeline no longer has (renamed?)", file=sys.stderr)
-            elif types is not None and types.get(name) != sink.type:
-                if name in types:
-                    self.log(f"[{pipeline}] sink {name} is a {sink.type} sink now, not {types[name]}: it starts "
-                             f"without the old one's committed state", file=sys.stderr)
+            elif known and types is not None and types[name] != sink.type:
+                self.log(f"[{pipeline}] sink {name} is a {sink.type} sink now, not {types[name]}: it starts "
+                         f"without the old one's committed state", file=sys.stderr)
                 state, known = None, False
+            elif not known:
+                state = None
             states[name] = state
             if state is None and (not outbox or not known):
                 new.append(name)
-            sink.context.fresh_state, sink.context.nothing_waiting = number == 0, name in new or not outbox
+        waiting = self._waiting(outbox, renames)
+        for name, sink in self.sinks.items():
+            sink.context.fresh_state = number == 0
+            sink.context.nothing_waiting = name in new or name not in waiting
         lost = [out for out in map(Output.from_tuple, (item for _, item in outbox)) if out.kind == "result"
                 and any(target in gone and target not in renames for target in out.targets or gone)]
         if lost:
@@ -249,13 +253,28 @@ class Runner:
                      f"{'them' if len(names) > 1 else 'it'}", file=sys.stderr)
         return states, new, renames
 
-    def _renames(self, types: dict, gone: dict) -> dict:
-        """With outputs waiting: {gone sink: the sink that takes its place}; RunnerError when
-        more than one sink of a type is gone or new, as which became which is not plain."""
+    def _waiting(self, outbox: list, renames: dict) -> set:
+        """The sinks that outputs of the outbox are for (after ``renames``)."""
+        results = tuple(d["name"] for d in self.settings["sinks"])
+        names = set()
+        for _, item in outbox:
+            out = Output.from_tuple(item)
+            names.update(renames.get(name, name) for name in out.targets or results)
+        return names
+
+    def _renames(self, types: dict | None, gone: dict, known: dict) -> dict:
+        """With outputs waiting and sinks gone: {gone sink: the new sink that takes its place};
+        RunnerError when new sinks come beside gone ones and which became which is not plain
+        (more than one of a type, or a state of an older runner, which kept no types)."""
+        fresh = [name for name in self.sinks if name not in known]
+        if fresh and types is None:
+            raise RunnerError(f"sinks {', '.join(gone)} are gone and {', '.join(fresh)} are new while outputs wait "
+                              f"in the outbox for the sinks the last run had, and this state (of an older runner) "
+                              f"does not tell which became which: start once with the old sinks to deliver them")
         renames = {}
         for kind in set(gone.values()):
             olds = [name for name, was in gone.items() if was == kind]
-            news = [name for name, sink in self.sinks.items() if sink.type == kind and name not in types]
+            news = [name for name in fresh if self.sinks[name].type == kind]
             if len(olds) == 1 and len(news) == 1:
                 renames[olds[0]] = news[0]
             elif news:

@@ -58,8 +58,7 @@ class JsonlSink(Sink):
             show(f"WARNING: sink {self.name}: cannot lock {self.path} ({exc.strerror}): a second runner "
                  f"writing it would not be noticed", sys.stderr)
         self.real = os.path.realpath(self.path)
-        stat = os.fstat(self.file.fileno())
-        self.identity, size = [stat.st_dev, stat.st_ino], stat.st_size
+        size = os.fstat(self.file.fileno()).st_size
         committed = self._length(state)
         if committed is None:
             committed = self._start_length(state, size)
@@ -71,12 +70,12 @@ class JsonlSink(Sink):
         self.recover()
 
     def _length(self, state) -> int | None:
-        """The committed length of this sink's file in ``state``: for the same file (by path,
-        or by device and inode, as after a directory was renamed); None if it holds none."""
-        if state.__class__ is int:  # kept by runners before paths were: this sink's file
-            return state
-        if isinstance(state, dict) and state.get("length").__class__ is int and (
-                state.get("path") == self.real or state.get("file") == self.identity):
+        """The committed length of this sink's file in ``state``; None if it holds none."""
+        if state.__class__ is int:
+            # kept by runners before paths were, for whatever path the sink had then: taken
+            # for this file only while outputs wait that it may hold (a start after a crash)
+            return None if self.context.nothing_waiting else state
+        if isinstance(state, dict) and state.get("path") == self.real and state.get("length").__class__ is int:
             return state["length"]
         return None
 
@@ -90,21 +89,21 @@ class JsonlSink(Sink):
         # another type's state (a state of a runner before sink types were kept): not of this file either
         foreign = state is not None and not (isinstance(state, dict) and "length" in state)
         if self.context.nothing_waiting or foreign:
-            if size:
+            if size and state.__class__ is not int:  # (an older runner's length of this file: nothing to say)
                 show(f"sink {self.name}: the state holds no length of {self.path} (a new sink, or another "
                      f"file): its {size} bytes are kept and outputs follow them", sys.stderr)
             return size
         if state is None:  # given outputs before its first confirmation, by a runner that kept no lengths then
             return 0
         raise RunnerError(f"sink {self.name}: the state holds the committed length of {state.get('path')}, not of "
-                          f"{self.path}, and outputs wait that the sink may have written there: start once with "
-                          f"the old path to deliver them, then change it")
+                          f"{self.path}, and outputs wait that were written there: start once as the pipeline "
+                          f"was (its old sinks and paths) to deliver them, then change it")
 
     def fresh_start(self):
         return self._state()
 
     def _state(self) -> dict:
-        return {"path": self.real, "file": self.identity, "length": self.committed}
+        return {"path": self.real, "length": self.committed}
 
     def recover(self):
         """Cut the file back to its committed length: what follows is in the outbox again."""

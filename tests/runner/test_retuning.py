@@ -282,7 +282,7 @@ def test_an_edit_that_hides_where_waiting_outputs_went_is_refused(tmp_path, monk
     }[change]
     edit(path, sinks=edited)
     before = {name: (tmp_path / f"{name}.jsonl").read_bytes() for name in "ab"}
-    with pytest.raises(RunnerError, match="start once with the old"):
+    with pytest.raises(RunnerError, match="start once (with the old sinks|as the pipeline was)"):
         run(path)
     assert {name: (tmp_path / f"{name}.jsonl").read_bytes() for name in "ab"} == before  # nothing cut, nothing added
     edit(path, sinks=jsonl)
@@ -291,16 +291,23 @@ def test_an_edit_that_hides_where_waiting_outputs_went_is_refused(tmp_path, monk
         assert ids(tmp_path / f"{name}.jsonl") == [wid(m) for m in (0, 5, 10)]
 
 
-def test_a_file_reached_by_another_path_is_still_known(tmp_path, monkeypatch):
-    """A directory renamed and a symbolic link pointed at its new name: the same file."""
+def test_a_file_reached_by_another_path_with_outputs_waiting_is_refused(tmp_path, monkeypatch):
+    """A directory renamed and a symbolic link pointed at its new name: the state knows the
+    file by its old real path, and cannot tell it from another file (an inode is reused)."""
     (tmp_path / "disk1").mkdir()
     (tmp_path / "out").symlink_to(tmp_path / "disk1")
     path = crashed(tmp_path, monkeypatch, sinks=[{"type": "jsonl", "path": str(tmp_path / "out" / "r.jsonl")}])
     (tmp_path / "disk1").rename(tmp_path / "disk2")
     (tmp_path / "out").unlink()
     (tmp_path / "out").symlink_to(tmp_path / "disk2")
+    with pytest.raises(RunnerError, match="start once as the pipeline was"):
+        run(path)
+    assert len(ids(tmp_path / "disk2" / "r.jsonl")) == 3  # nothing cut, nothing added
+    (tmp_path / "out").unlink()
+    (tmp_path / "disk2").rename(tmp_path / "disk1")
+    (tmp_path / "out").symlink_to(tmp_path / "disk1")
     run(path)
-    assert ids(tmp_path / "disk2" / "r.jsonl") == [wid(m) for m in (0, 5, 10)]
+    assert ids(tmp_path / "disk1" / "r.jsonl") == [wid(m) for m in (0, 5, 10)]
 
 
 def test_a_sink_renamed_with_outputs_routed_to_it_gets_them(tmp_path, monkeypatch):
@@ -334,3 +341,75 @@ def test_a_new_file_systems_root_is_an_empty_directory(tmp_path):
     path = faults.file_pipeline(tmp_path, events, "in", name="p", stages=[])
     run(path, f"state.path={volume}")
     assert (volume / "data.mdb").exists()
+
+
+def test_a_sink_added_to_an_older_runners_state_keeps_its_file(tmp_path, monkeypatch):
+    path = crashed(tmp_path, monkeypatch)
+    as_older_runner_left_it(tmp_path / "state", {"a": None, "dlq": None})
+    other = tmp_path / "b.jsonl"
+    other.write_text("someone else's line\n")
+    edit(path, sinks=[{"type": "jsonl", "name": "a", "path": str(tmp_path / "out.jsonl")},
+                      {"type": "jsonl", "name": "b", "path": str(other)}])
+    run(path)
+    assert other.read_text().splitlines()[0] == "someone else's line"
+    assert ids(tmp_path / "out.jsonl") == ids(other) == [wid(m) for m in (0, 5, 10)]
+
+
+@pytest.mark.parametrize("older", [False, True])
+def test_a_rename_that_cannot_be_told_from_a_removal_is_refused_while_outputs_wait(tmp_path, monkeypatch, older):
+    """One jsonl sink removed and another added with a file of its own, or a rename on a
+    state of an older runner (which kept no types): refused, nothing cut, until a start with
+    the old sinks has delivered the waiting outputs."""
+    sinks = [{"type": "jsonl", "name": n, "path": str(tmp_path / f"{n}.jsonl")} for n in "ab"]
+    path = crashed(tmp_path, monkeypatch, sinks=sinks)
+    if older:
+        as_older_runner_left_it(tmp_path / "state", {"a": None, "b": None, "dlq": None})
+    renamed = tmp_path / ("a.jsonl" if older else "c.jsonl")
+    edit(path, sinks=[sinks[1], {"type": "jsonl", "name": "c", "path": str(renamed)}])
+    with pytest.raises(RunnerError, match="start once (with the old sinks|as the pipeline was)"):
+        run(path)
+    assert len(ids(tmp_path / "a.jsonl")) == 3
+    edit(path, sinks=sinks)
+    run(path)
+    assert ids(tmp_path / "a.jsonl") == ids(tmp_path / "b.jsonl") == [wid(m) for m in (0, 5, 10)]
+
+
+def test_an_older_runners_length_is_not_taken_for_another_file(tmp_path):
+    events = clicks(tmp_path / "events.jsonl", [0, 6])
+    path = faults.file_pipeline(tmp_path, events, "in", name="p", stages=[WINDOW], event_time={"grace": "0s"},
+                                sinks=[{"type": "jsonl", "name": "a", "path": str(tmp_path / "out.jsonl")}])
+    run(path)
+    as_older_runner_left_it(tmp_path / "state", {"a": (tmp_path / "out.jsonl").stat().st_size, "dlq": 0})
+    notes = tmp_path / "notes.txt"
+    notes.write_text("".join(f"{i}\n" for i in range(5000)))
+    edit(path, sinks=[{"type": "jsonl", "name": "a", "path": str(notes)}])
+    run(path)
+    assert notes.read_text().split("\n")[:5000] == [str(i) for i in range(5000)]
+
+
+def test_a_new_file_that_got_the_old_ones_inode_is_not_taken_for_it(tmp_path):
+    events = clicks(tmp_path / "events.jsonl", [0, 6])
+    out = tmp_path / "out.jsonl"
+    path = faults.file_pipeline(tmp_path, events, "in", name="p", stages=[WINDOW], event_time={"grace": "0s"},
+                                sinks=[{"type": "jsonl", "name": "a", "path": str(out)}])
+    run(path)
+    out.unlink()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("".join(f"{i}\n" for i in range(5000)))  # on many file systems, the freed inode
+    edit(path, sinks=[{"type": "jsonl", "name": "a", "path": str(notes)}])
+    run(path)
+    assert notes.read_text().split("\n")[:5000] == [str(i) for i in range(5000)]
+
+
+@pytest.mark.parametrize("moved", ["dlq", "b"])
+def test_a_sink_that_nothing_waits_for_may_move_after_a_crash(tmp_path, monkeypatch, moved):
+    """The outbox holds results routed to sink a only (no dead letters): the DLQ's file or
+    sink b's may change."""
+    sinks = [{"type": "jsonl", "name": n, "path": str(tmp_path / f"{n}.jsonl")} for n in "ab"]
+    path = crashed(tmp_path, monkeypatch, sinks=sinks, stage={**WINDOW, "to": ["a"]})
+    if moved == "dlq":
+        edit(path, dlq={"type": "jsonl", "path": str(tmp_path / "dlq2.jsonl")})
+    else:
+        edit(path, sinks=[sinks[0], {**sinks[1], "path": str(tmp_path / "b2.jsonl")}])
+    run(path)
+    assert ids(tmp_path / "a.jsonl") == [wid(m) for m in (0, 5, 10)]
