@@ -292,10 +292,13 @@ class Sink(Component):
         Two sinks of one pipeline with the same target are refused by ``runner validate``."""
         return None
 
-    def open(self, state: Any) -> None:
+    def open(self, state: Any) -> Any:
         """Called once before anything is delivered, with what ``flush`` last returned
         as committed in a checkpoint (None on a first run). An exactly-once sink uses it
-        to find what a crash left behind (a file's committed length, Kafka end offsets)."""
+        to find what a crash left behind (a file's committed length, Kafka end offsets).
+        A sink that starts from another state than ``state`` (the jsonl sink pointed at
+        another file) returns it: it is committed before anything is delivered, as a
+        ``fresh_start`` state is. None: ``state`` stands."""
 
     def fresh_start(self) -> Any:
         """Called after ``open(None)`` when no run of this state gave this sink anything (a

@@ -170,10 +170,15 @@ class Runner:
             sink.context.formatters = formatters
         outbox = self.store.outbox()
         sink_states, new, renames = self._sink_states(number, outbox)
+        restated = []  # sinks that start from another state than the stored one (see Sink.open)
         for name, sink in self.sinks.items():
-            sink.open(sink_states[name])
+            begins_from = sink.open(sink_states[name])
+            if begins_from is not None:
+                sink_states[name] = begins_from
+                restated.append(name)
         for name in new:
-            sink_states[name] = self.sinks[name].fresh_start()
+            if name not in restated:
+                sink_states[name] = self.sinks[name].fresh_start()
         self.meta_fixed["sink_types"] = {name: sink.type for name, sink in self.sinks.items()}
         next_seq = outbox[-1][0] + 1 if outbox else 0
         self.checkpoint = Checkpoint(self.store, self.sinks, tuple(d["name"] for d in s["sinks"]), number,
@@ -197,8 +202,8 @@ class Runner:
             # windows final under the stored event time with today's grace (or a stage back
             # under its old name) are emitted now, not only once a record comes
             self._advance(self.tracker.recompute())
-        if outbox and new:
-            self._commit()  # the new sinks known, with their fresh states, before the outbox reaches them
+        if outbox and (new or restated):
+            self._commit()  # the sinks' new states on disk before the outbox reaches them
             self.checkpoint.settle()
         self.checkpoint.redeliver(outbox, renames)
         self._report_start(number, stored_offsets, len(outbox), (time.perf_counter() - started) * 1000)

@@ -60,6 +60,7 @@ class JsonlSink(Sink):
         self.real = os.path.realpath(self.path)
         size = os.fstat(self.file.fileno()).st_size
         committed = self._length(state)
+        restated = committed is None or state.__class__ is int
         if committed is None:
             committed = self._start_length(state, size)
         elif size < committed:
@@ -68,6 +69,9 @@ class JsonlSink(Sink):
             committed = size
         self.committed = committed
         self.recover()
+        # where it starts, with this file's path, committed before any output reaches it: a
+        # crash before its first confirmation must not find the old file's state
+        return self._state() if restated else None
 
     def _length(self, state) -> int | None:
         """The committed length of this sink's file in ``state``; None if it holds none."""

@@ -413,3 +413,30 @@ def test_a_sink_that_nothing_waits_for_may_move_after_a_crash(tmp_path, monkeypa
         edit(path, sinks=[sinks[0], {**sinks[1], "path": str(tmp_path / "b2.jsonl")}])
     run(path)
     assert ids(tmp_path / "a.jsonl") == [wid(m) for m in (0, 5, 10)]
+
+
+def add_clicks(events: Path, minutes: list[int]) -> None:
+    with events.open("a") as f:
+        f.writelines(json.dumps({"event_id": f"x{m}", "user_id": "u1", "page_url": "/a",
+                                 "timestamp": f"2026-11-24T08:{m:02d}:00Z"}) + "\n" for m in minutes)
+
+
+@pytest.mark.parametrize("older", [False, True])
+def test_a_sink_moved_to_another_file_is_committed_there_before_its_first_output(tmp_path, monkeypatch, older):
+    """Nothing waits, so the move is allowed; a crash before the sink's first confirmation
+    must then find the new file's start, not the old file's length (or an older runner's)."""
+    events = clicks(tmp_path / "events.jsonl", [0, 6])
+    out = tmp_path / "out.jsonl"
+    path = faults.file_pipeline(tmp_path, events, "in", name="p", stages=[WINDOW], event_time={"grace": "0s"},
+                                checkpoint={"every_events": 1}, sinks=[{"type": "jsonl", "name": "a", "path": str(out)}])
+    run(path)
+    if older:
+        as_older_runner_left_it(tmp_path / "state", {"a": out.stat().st_size, "dlq": 0})
+    notes = tmp_path / "notes.txt"
+    notes.write_text("".join(f"{i}\n" for i in range(5000)))
+    edit(path, sinks=[{"type": "jsonl", "name": "a", "path": str(notes)}])
+    add_clicks(events, [11, 16])
+    crash_with_outbox(path, monkeypatch)
+    run(path)
+    assert notes.read_text().split("\n")[:5000] == [str(i) for i in range(5000)]
+    assert ids(notes) == [wid(5), wid(10)]
