@@ -39,6 +39,8 @@ class Checkpoint:
         self.output_closed = output_closed
         self.sink_states: dict = {}
         self.unconfirmed: list[tuple[int, Output]] = []  # handed to sinks, not yet flushed
+        self.restored: list[tuple[int, Output]] = []  # the outbox found at start, until redelivered
+        self.rewrite: list[tuple[int, Output]] = []  # outbox rows to write again (see ``restore``)
         self.last_ms = 0.0  # the processing thread's time in the last commit
         # (number, outputs, ms, note) of each checkpoint being written: handed to sinks once on disk
         self.writing: deque[tuple[int, list[tuple[int, Output]], float, object]] = deque()
@@ -48,13 +50,19 @@ class Checkpoint:
         self.in_sink = False  # waiting on a sink: a stop must interrupt it (see Runner._on_signal)
         self.confirmed_at = time.monotonic()
 
-    def redeliver(self, outbox: list[tuple[int, tuple]], renames: dict | None = None) -> None:
-        """On start: hand every output of the restored outbox to its sinks again (a sink
-        renamed since, ``renames`` {old: new}, gets what was meant for its old name)."""
-        outputs = [(seq, Output.from_tuple(item)) for seq, item in outbox]
-        for _, out in outputs:
-            if out.targets and renames:
+    def restore(self, outbox: list[tuple[int, tuple]], renames: dict) -> None:
+        """On start: take the restored outbox, to ``redeliver``. An output meant for a sink
+        renamed since (``renames``: {old: new}) is meant for its new name, and is written so
+        in the next checkpoint, which also records the new names."""
+        self.restored = [(seq, Output.from_tuple(item)) for seq, item in outbox]
+        for seq, out in self.restored:
+            if out.targets and any(name in renames for name in out.targets):
                 out.targets = tuple(renames.get(name, name) for name in out.targets)
+                self.rewrite.append((seq, out))
+
+    def redeliver(self) -> None:
+        """On start: hand every output of the restored outbox to its sinks again."""
+        outputs, self.restored = self.restored, []
         self._deliver(outputs)
 
     def commit(self, outputs: list[Output], meta: dict, confirm: bool = False, note=None) -> None:
@@ -83,7 +91,10 @@ class Checkpoint:
         # 3 + 4. one synced transaction, written beside the processing
         self.number += 1
         meta = dict(meta, checkpoint=self.number, sinks=self.sink_states)
-        self.store.commit(meta, [(seq, out.to_tuple()) for seq, out in added], confirmed)
+        gone = set(confirmed)  # (a row written again and deleted in one transaction would stay)
+        rewritten = [(seq, out.to_tuple()) for seq, out in self.rewrite if seq not in gone]
+        self.rewrite = []
+        self.store.commit(meta, [(seq, out.to_tuple()) for seq, out in added] + rewritten, confirmed)
         self.last_ms = (time.perf_counter() - started) * 1000
         self.writing.append((self.number, added, self.last_ms, note))
 

@@ -185,6 +185,7 @@ class Runner:
                                      next_seq, should_stop=lambda: self.stop_requested, log=self.log,
                                      output_closed=self._output_closed)
         self.checkpoint.sink_states = dict(sink_states)
+        self.checkpoint.restore(outbox, renames)
         if self.observer is not None:
             self.checkpoint.on_durable = self._durable
 
@@ -205,7 +206,7 @@ class Runner:
         if outbox and (new or restated):
             self._commit()  # the sinks' new states on disk before the outbox reaches them
             self.checkpoint.settle()
-        self.checkpoint.redeliver(outbox, renames)
+        self.checkpoint.redeliver()
         self._report_start(number, stored_offsets, len(outbox), (time.perf_counter() - started) * 1000)
 
     def _sink_states(self, number: int, outbox: list) -> tuple[dict, list[str], dict]:

@@ -440,3 +440,26 @@ def test_a_sink_moved_to_another_file_is_committed_there_before_its_first_output
     run(path)
     assert notes.read_text().split("\n")[:5000] == [str(i) for i in range(5000)]
     assert ids(notes) == [wid(5), wid(10)]
+
+
+@pytest.mark.parametrize("when", ["start", "first checkpoint"])
+def test_outputs_routed_to_a_renamed_sink_reach_it_across_a_second_crash(tmp_path, monkeypatch, when):
+    """The checkpoint that records the new sink names (at the start, as the moved DLQ is
+    committed first, or the first one after it) records the outputs under the new name too."""
+    out = tmp_path / "out.jsonl"
+    path = crashed(tmp_path, monkeypatch, stage={**WINDOW, "to": ["a"]})
+    edit(path, stages=[{**WINDOW, "to": ["b"]}], sinks=[{"type": "jsonl", "name": "b", "path": str(out)}],
+         **({"dlq": {"type": "jsonl", "path": str(tmp_path / "dlq2.jsonl")}} if when == "start" else {}))
+    if when == "first checkpoint":
+        add_clicks(tmp_path / "events.jsonl", [21])
+    monkeypatch.setattr(checkpoint, "CONFIRM_EVERY_S", 3600)
+    again = Runner(config.load(path), until_end=True, log=lambda *a, **k: None)
+    again._open()
+    if when == "first checkpoint":
+        again._loop()
+    again.checkpoint.settle()
+    again._abort()
+    monkeypatch.undo()
+    assert faults.stored(tmp_path / "state")["checkpoint"] > 4  # the new names are on disk
+    run(path)
+    assert ids(out) == [wid(m) for m in (0, 5, 10, 15)][: 3 if when == "start" else 4]
