@@ -38,6 +38,9 @@ class Checkpoint:
         # head``), for good; the runner stops as SIGTERM stops it
         self.output_closed = output_closed
         self.sink_states: dict = {}
+        # sink name -> the error its last ``deliver`` raised: its next confirmation counts as a
+        # failed flush (whatever its flush says), so it recovers and is given its outputs again
+        self.undelivered: dict[str, Exception] = {}
         self.unconfirmed: list[tuple[int, Output]] = []  # handed to sinks, not yet flushed
         self.restored: list[tuple[int, Output]] = []  # the outbox found at start, until redelivered
         self.rewrite: list[tuple[int, Output]] = []  # outbox rows to write again (see ``restore``)
@@ -125,19 +128,24 @@ class Checkpoint:
             return
         self.unconfirmed.extend(items)
         self.in_sink = True
+        before = dict(self.undelivered)
         try:
             self._hand_over(items)
         except BrokenPipeError:
             self.output_closed()
-        except Exception as exc:  # confirmed (with retries) in step 1 of the next checkpoint
-            self.log(f"[SINK] delivery failed ({exc}); retrying at the next checkpoint", file=sys.stderr)
+        except Exception:  # confirmed (with retries) in step 1 of a later checkpoint
+            for name, exc in self.undelivered.items():
+                if before.get(name) is not exc:
+                    self.log(f"[SINK] {name}: delivery failed ({exc}); retrying at its next confirmation",
+                             file=sys.stderr)
         finally:
             self.in_sink = False
 
     def _hand_over(self, items: list[tuple[int, Output]], only=None) -> None:
         """Deliver ``items`` to their sinks (with ``only``: to those of these sink names). A
-        sink that raises does not keep the others from theirs: its next flush fails, and only
-        the sinks whose flush fails are given their outputs again. Raises the first error."""
+        sink that raises does not keep the others from theirs: it is noted in ``undelivered``,
+        its next confirmation fails whatever its flush says, and only the sinks whose
+        confirmation fails are given their outputs again. Raises the first error."""
         by_sink: dict[str, list[Output]] = {}
         for _, out in items:
             for name in out.targets or self.result_sinks:
@@ -148,6 +156,7 @@ class Checkpoint:
             try:
                 self.sinks[name].deliver(outs)
             except Exception as exc:
+                self.undelivered[name] = exc
                 failure = failure or exc
         if self.displays and only is None:
             notices = [_notice(out) for _, out in items if out.kind == "dlq"]
@@ -187,6 +196,8 @@ class Checkpoint:
             failure = None
             for name in list(failing):
                 try:
+                    if name in self.undelivered:  # it may not hold all of its outputs: a flush cannot tell
+                        raise self.undelivered[name]
                     self.sink_states[name] = self.sinks[name].flush()
                     failing.remove(name)
                 except BrokenPipeError as exc:
@@ -198,13 +209,14 @@ class Checkpoint:
                 return
             if self.should_stop() or isinstance(failure, BrokenPipeError):  # its reader is gone for good
                 raise Stopped() from failure
-            self.log(f"[SINK] {len(self.unconfirmed)} outputs not confirmed ({failure}); retrying in {delay:g}s",
-                     file=sys.stderr)
+            self.log(f"[SINK] {', '.join(failing)}: {len(self.unconfirmed)} outputs not confirmed ({failure}); "
+                     f"retrying in {delay:g}s", file=sys.stderr)
             time.sleep(delay)
             delay = min(delay * 2, 10)
             try:
                 for name in failing:
                     self.sinks[name].recover()
+                    self.undelivered.pop(name, None)
                 self._hand_over(self.unconfirmed, only=failing)
             except Exception:
                 continue

@@ -312,8 +312,9 @@ class Sink(Component):
 
     def deliver(self, outputs: list) -> None:
         """Hand over ``runner.outputs.Output`` objects; may return before they are
-        durable. After it raised, the next ``flush`` must raise too: the runner learns
-        only from ``flush`` that outputs must be delivered again. A ``BrokenPipeError``
+        durable. After it raised, the sink's next confirmation fails whatever ``flush``
+        returns: the runner calls ``recover`` and delivers every output not yet confirmed
+        again, as after a failed ``flush``. A ``BrokenPipeError``
         from ``deliver``, ``flush`` or ``display`` says that the sink's reader is gone for
         good (a closed pipe): the runner then stops cleanly, as on SIGTERM, instead of
         retrying; raise another error for what may pass."""

@@ -35,3 +35,43 @@ def test_the_checkpoints_on_disk_at_a_settle_reach_each_sink_in_one_hand_over_in
     assert sink.deliveries == [[f"p/s/{n}" for n in range(6)]]
     assert durable == [1, 2, 3]  # each checkpoint is still reported on its own
     assert checkpoint.unconfirmed_count() == 6
+
+
+class Careless(Sink):
+    """Holds what it is given until ``flush`` makes it durable. Every third ``deliver``
+    raises before taking anything, and its next ``flush`` does not say so, against the rule
+    of ``Sink.deliver``: the runner must not take that flush's word."""
+
+    type = "careless"
+
+    def __init__(self):
+        self.calls = 0
+        self.held: list[str] = []
+        self.durable: list[str] = []
+
+    def deliver(self, outputs):
+        self.calls += 1
+        if self.calls % 3 == 0:
+            raise OSError("transient")
+        self.held += [out.id for out in outputs]
+
+    def flush(self):
+        self.durable += self.held
+        self.held = []
+
+    def recover(self):
+        self.held = []
+
+
+def test_a_sink_whose_delivery_failed_gets_its_outputs_again_though_its_flush_says_nothing():
+    sink, log = Careless(), []
+    checkpoint = Checkpoint(MemoryStore(), {"out": sink}, ("out",), number=0, next_seq=0,
+                            log=lambda line, file=None: log.append(line))
+    for n in range(6):
+        checkpoint.commit([output(n)], {"offsets": {}})
+        checkpoint.settle()
+    checkpoint.commit([], {"offsets": {}}, confirm=True)
+
+    assert sorted(sink.durable) == [f"p/s/{n}" for n in range(6)]  # each once: none lost, none twice
+    assert log[0] == "[SINK] out: delivery failed (transient); retrying at its next confirmation"
+    assert log[2].startswith("[SINK] out: 6 outputs not confirmed (transient); retrying in 0.5s"), log
