@@ -218,7 +218,8 @@ class Processor:
         self.emit = emit
 
     def process(self, events: list[Event]) -> list[Event]:
-        """Handle a batch of events in order; return those that go on down the chain.
+        """Handle a batch of events in order; return those that go on down the chain, as a
+        list of ``Event`` objects (anything else stops the run with an error naming the stage).
 
         The default calls ``process_one`` for each event and sends an event whose call
         raises to the DLQ as a processing error, after taking back what the call put in
@@ -230,7 +231,9 @@ class Processor:
             for event in events:
                 table.journal, emitted = [], len(emit.pending)
                 try:
-                    event = self.process_one(event)
+                    out = self.process_one(event)
+                    if out is not None and not isinstance(out, Event):
+                        raise TypeError(f"process_one returned {type(out).__name__}, not an Event or None")
                 except Exception as exc:
                     table.undo(table.journal)
                     del emit.pending[emitted:]
@@ -239,8 +242,8 @@ class Processor:
                         exc = ProcessingError(f"{type(exc).__name__}: {exc}")
                     self.fail(event, exc)
                     continue
-                if event is not None:
-                    passed.append(event)
+                if out is not None:
+                    passed.append(out)
         finally:
             table.journal = None
         return passed

@@ -101,6 +101,17 @@ def orphaned_state(sizes: dict, stages: list) -> list[str]:
             f"the old state stays unused until 'runner state reset'" for name, count in sorted(orphans.items())]
 
 
+def _check_passed(proc, events) -> None:
+    """Raise RunnerError if what ``proc.process`` returned is not a list of events (checked
+    by its ends: a stage's bug is systematic, and the check stays off the per-event path)."""
+    if isinstance(events, list) and all(isinstance(event, Event) for event in events[:1] + events[-1:]):
+        return
+    got = type(events).__name__ if not isinstance(events, list) else \
+        f"a list holding {type(next(e for e in events[:1] + events[-1:] if not isinstance(e, Event))).__name__}"
+    raise RunnerError(f"stage {proc.name} ({type(proc).__module__}.{type(proc).__qualname__}.process) returned {got}, "
+                      f"not a list of the Event objects that go on: a bug of the stage's plugin")
+
+
 class Runner:
     """Runs one pipeline until stopped, until the end of its input, or drained."""
 
@@ -487,6 +498,8 @@ class Runner:
                 events = self.tracker.observe(events, emit)
             if events:
                 events = proc.process(events)
+                if events.__class__ is not list or (events and not (events[0].__class__ is events[-1].__class__ is Event)):
+                    _check_passed(proc, events)
         if self.tracker is not None:
             self._advance(self.tracker.recompute())
 

@@ -63,3 +63,11 @@ def test_its_lint_rule_is_reported_with_the_line(on_path, tmp_path, monkeypatch,
     assert main(["validate", "p.yaml"]) == 2
     err = capsys.readouterr().err
     assert "p.yaml:8: stages[0].hash: fields both dropped and hashed: user_id" in err
+
+
+def test_placed_before_validate_it_leaves_a_value_that_is_not_an_object_to_validate(on_path, tmp_path):
+    settings = pipeline(["runner_redact"])
+    settings["stages"][:2] = settings["stages"][1::-1]  # redact, then validate
+    out = Driver(settings, tmp_path).run([[1, 2], EVENT], drain=True)
+    assert [(d["stage"], d["error_type"]) for d in out.dead_letters] == [("validate", "validation")]
+    assert out.dump["stages"]["redact"] == {"redacted": 1}

@@ -60,3 +60,23 @@ def test_an_exception_that_is_not_a_processing_error_is_shown_once_with_its_trac
     assert len([out for out in emit.pending if out.kind == "dlq"]) == 2
     Halfway(table, emit, ProcessingError).process([Event(Record("t", 0, 5, 0, None, b"{}"), {}, "t/0")])
     assert capsys.readouterr().err == ""  # bad input, said in the DLQ only
+
+
+class ReturnsData(Halfway):
+    """A stage's bug: ``process_one`` returns the event's data, not the event, for odd offsets."""
+
+    def process_one(self, event):
+        self.table.put(b"offset/%d" % event.record.offset, 1)
+        return event.data if event.record.offset % 2 else event
+
+
+def test_process_one_returning_something_else_than_an_event_is_that_events_processing_error(capsys):
+    table, emit = MemoryStore().table("halfway"), Emitter("p", {"halfway": None})
+    events = [Event(Record("t", 0, offset, 0, None, b"{}"), {"a": 1}, "t/0") for offset in (1, 2, 3)]
+    passed = ReturnsData(table, emit, None).process(events)
+    assert [e.record.offset for e in passed] == [2]
+    assert list(table.dirty) == [b"offset/2"]  # the failed events' puts are taken back
+    letters = [out.data() for out in emit.pending if out.kind == "dlq"]
+    assert [(d["offset"], d["error_type"], d["error"]) for d in letters] == [
+        (o, "processing", "TypeError: process_one returned dict, not an Event or None") for o in (1, 3)]
+    assert capsys.readouterr().err.count("WARNING: stage halfway raised TypeError") == 1

@@ -283,3 +283,49 @@ def test_a_sink_that_fails_to_close_does_not_keep_the_rest_from_closing(tmp_path
     assert runner.run() == 0
     assert "[endless] sink jsonl did not close cleanly: [Errno 28] No space left on device" in lines
     assert lines[-1].startswith("[endless] stopped cleanly") and runner.store._env is None  # the state closed too
+
+
+RETURNS_DATA = '''
+from runner import hookimpl
+from runner.components import Processor, Stage
+from runner.schema import obj
+
+
+class PassesData(Processor):
+    def process(self, events):
+        return [event.data for event in events]  # the bug: data, not the events
+
+
+class ReturnsData(Stage):
+    type = "returns_data"
+    config_schema = obj({}, description="Passes each event's data on instead of the event.")
+
+    def build(self, table, emit):
+        return PassesData(self, table, emit)
+
+
+@hookimpl
+def runner_register_stages():
+    return [ReturnsData]
+'''
+
+
+def test_a_stage_whose_process_returns_no_events_stops_the_run_with_an_error_naming_it(tmp_path, monkeypatch):
+    (tmp_path / "returns_data.py").write_text(RETURNS_DATA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "events.jsonl").write_text('{"page_url": "/home"}\n')
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "p", "plugins": ["returns_data"],
+        "source": {"type": "file", "path": str(tmp_path / "events.jsonl")},
+        "state": {"path": str(tmp_path / "state")},
+        "dlq": {"type": "jsonl", "path": str(tmp_path / "dlq.jsonl")},
+        "stages": [{"type": "returns_data", "name": "buggy"},
+                   {"type": "aggregate", "name": "views", "key_by": "page_url", "aggregations": {"views": "count"}}],
+        "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
+    }))
+    runner = Runner(config.load(str(path)), until_end=True, log=lambda *a, **k: None)
+    with pytest.raises(engine.RunnerError) as caught:
+        runner.run()
+    assert str(caught.value) == ("stage buggy (returns_data.PassesData.process) returned a list holding dict, "
+                                 "not a list of the Event objects that go on: a bug of the stage's plugin")

@@ -35,6 +35,8 @@ class Redact(Stage):
 class RedactProcessor(Processor):
     def process_one(self, event):
         data = event.data
+        if not isinstance(data, dict):  # before validate, any JSON value: the validate stage rejects it
+            return event
         for field in self.stage.config["drop"]:
             data.pop(field, None)
         for field in self.stage.config["hash"]:
