@@ -70,8 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("--yes", action="store_true", help="do not ask")
     reset.set_defaults(func=cmd_state_reset)
 
-    plugins.build_manager().hook.runner_register_commands(subparsers=sub)
+    _plugin_commands(plugins.build_manager(), sub)
     return parser
+
+
+def _plugin_commands(pm, sub) -> None:
+    """Let each plugin add its commands; one that fails (a name taken, its own error) is
+    left out with a warning naming it, and the other commands work."""
+    for impl in pm.hook.runner_register_commands.get_hookimpls():
+        try:
+            impl.function(*[{"subparsers": sub}[name] for name in impl.argnames])
+        except Exception as exc:
+            plugins.warn_plugin(f"plugin {pm.get_name(impl.plugin)}: runner_register_commands raised "
+                                   f"{type(exc).__name__}: {exc}: its commands are left out")
 
 
 def _pipeline_arguments(parser: argparse.ArgumentParser) -> None:

@@ -99,12 +99,14 @@ def load(path: str, overrides: list[str] = (), registry: plugins.Registry | None
 
     findings = doc.findings + _schema_findings(top_schema(), data, ())
     if registry is None:
+        modules = _plugin_modules(data)
         try:
-            registry = plugins.load(_plugin_modules(data))
-        except ConfigError as exc:
-            # Components cannot be checked without their classes: report what we have.
-            where = origin(path, doc.lines, doc.overrides, ("plugins",))
-            raise ConfigError(doc.format(findings) + [f"{where}: {line}" for line in exc.lines]) from None
+            registry = plugins.load(modules)
+        except plugins.PluginError as exc:
+            # Components cannot be checked without their classes: report what we have. A
+            # mistake of an installed plugin is none of this file's lines.
+            where = origin(path, doc.lines, doc.overrides, ("plugins",)) + ": " if exc.origins & set(modules) else ""
+            raise ConfigError(doc.format(findings) + [f"{where}{line}" for line in exc.lines]) from None
     settings, more = _check_components(data, registry)
     lines = doc.format(findings + more)
     if lines:

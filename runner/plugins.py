@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.metadata
+import sys
 from dataclasses import dataclass, field
 
 import jsonschema
@@ -30,6 +32,16 @@ BUILTINS = (
 KINDS = {"sources": Source, "stages": Stage, "sinks": Sink}
 _JSON_TYPES = ("string", "number", "integer", "boolean", "object", "array", "null")
 _SCHEMA_CHECKED: set[type] = set()  # classes whose config_schema passed the metaschema (checked once)
+_WARNED: set[str] = set()  # warnings about installed plugins already given by this process
+
+
+class PluginError(ConfigError):
+    """A plugin's mistake; ``origins`` names the plugins involved (a pipeline's ``plugins:``
+    module, an entry point, a built-in)."""
+
+    def __init__(self, lines: str | list[str], *origins: str):
+        super().__init__([lines] if isinstance(lines, str) else lines)
+        self.origins = set(origins)
 
 
 @dataclass
@@ -51,24 +63,57 @@ def build_manager(extra_modules: list[str] = ()) -> pluggy.PluginManager:
     pm.add_hookspecs(hookspecs)
     for name in BUILTINS:
         pm.register(importlib.import_module(name), name)
-    pm.load_setuptools_entrypoints("runner")
+    installed = _register_installed(pm)
     for name in extra_modules:
         if pm.get_plugin(name) is None:
             try:
                 module = importlib.import_module(name)
             except ImportError as exc:
-                raise ConfigError([f"plugins: cannot import {name!r}: {exc}"]) from None
+                raise PluginError(f"plugins: cannot import {name!r}: {exc}", name) from None
             except Exception as exc:  # the module's own code failed: a plugin author's mistake
-                raise ConfigError([f"plugins: cannot import {name!r}: it raised {_describe(exc)}"]) from None
+                raise PluginError(f"plugins: cannot import {name!r}: it raised {_describe(exc)}", name) from None
             try:
                 pm.register(module, name)
             except pluggy.PluginValidationError as exc:
-                raise ConfigError([f"plugin {name}: {exc}"]) from None
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise ConfigError([_unknown_hook(pm, exc)]) from None
-    return pm
+                raise PluginError(f"plugin {name}: {exc}", name) from None
+    while True:
+        try:
+            pm.check_pending()
+            return pm
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin)
+            if name not in installed:
+                raise PluginError(_unknown_hook(pm, exc), name) from None
+            warn_plugin(f"{_unknown_hook(pm, exc)}: {installed[name]} is left out")
+            pm.unregister(exc.plugin)
+
+
+def _register_installed(pm: pluggy.PluginManager) -> dict[str, str]:
+    """Register the plugins of entry point group ``runner``, as pluggy's
+    ``load_setuptools_entrypoints`` does, but one that cannot be imported or registered is
+    left out with a warning naming it: an installed package's mistake must not take down
+    every command (a pipeline that uses one of its components is refused for the unknown
+    type, after the warning). Returns each registered plugin's name and description."""
+    installed = {}
+    for dist in importlib.metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group != "runner" or pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+                continue
+            what = f"installed plugin {ep.name} ({ep.value}, of {dist.metadata['Name']} {dist.version})"
+            try:
+                pm.register(ep.load(), ep.name)
+            except Exception as exc:
+                warn_plugin(f"{what} cannot be loaded ({_describe(exc)}): it is left out")
+                continue
+            installed[ep.name] = what
+    return installed
+
+
+def warn_plugin(line: str) -> None:
+    """A warning about a plugin that is left out, on stderr, once a process."""
+    if line not in _WARNED:
+        _WARNED.add(line)
+        print(f"WARNING: {line}", file=sys.stderr)
 
 
 def _describe(exc: BaseException) -> str:
@@ -98,7 +143,10 @@ def load(extra_modules: list[str] = ()) -> Registry:
             try:
                 classes = impl.function() or ()
             except Exception as exc:
-                raise ConfigError([f"plugin {origin}: runner_register_{kind} raised {_describe(exc)}"]) from None
+                raise PluginError(f"plugin {origin}: runner_register_{kind} raised {_describe(exc)}", origin) from None
+            if not isinstance(classes, (list, tuple)):
+                raise PluginError(f"plugin {origin}: runner_register_{kind} returned {classes!r}, "
+                                  f"not a list of {KINDS[kind].__name__} subclasses", origin)
             for cls in classes:
                 _add(registry, kind, base, cls, origin)
     return registry
@@ -122,10 +170,10 @@ def _declaration_problems(schema: dict) -> list[str]:
 
 def _add(registry: Registry, kind: str, base: type, cls: type, origin: str) -> None:
     if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise ConfigError([f"plugin {origin} registered {cls!r} as a {kind[:-1]}, which is not a {base.__name__} subclass"])
+        raise PluginError(f"plugin {origin} registered {cls!r} as a {kind[:-1]}, which is not a {base.__name__} subclass", origin)
     where = f"plugin {origin}: {kind[:-1]} class {cls.__module__}.{cls.__qualname__}"
     if not (isinstance(getattr(cls, "type", None), str) and cls.type):
-        raise ConfigError([f"{where} has no `type` (a string: the name pipelines give it as type:)"])
+        raise PluginError(f"{where} has no `type` (a string: the name pipelines give it as type:)", origin)
     if origin not in BUILTINS and cls not in _SCHEMA_CHECKED:  # (built-ins: by the tests; 50 ms a start)
         try:
             jsonschema.Draft202012Validator.check_schema(cls.config_schema)
@@ -134,17 +182,17 @@ def _add(registry: Registry, kind: str, base: type, cls: type, origin: str) -> N
             problem = exc.message
             if list(exc.absolute_path)[-1:] == ["type"]:
                 problem = f"{exc.instance!r} is not a JSON Schema type ({', '.join(_JSON_TYPES)})"
-            raise ConfigError([f"{where}: config_schema{at} is not a valid JSON Schema: {problem}"]) from None
+            raise PluginError(f"{where}: config_schema{at} is not a valid JSON Schema: {problem}", origin) from None
         problems = _declaration_problems(cls.config_schema)
         if problems:
-            raise ConfigError([f"{where}: config_schema {problem}" for problem in problems])
+            raise PluginError([f"{where}: config_schema {problem}" for problem in problems], origin)
         _SCHEMA_CHECKED.add(cls)
     table = registry.kind(kind)
     other = table.get(cls.type)
     if other is not None and other is not cls:
-        raise ConfigError([
+        raise PluginError(
             f"two plugins register the {kind[:-1]} type {cls.type!r}: "
-            f"{registry.origins[other]} ({other.__module__}.{other.__qualname__}) and {origin} ({cls.__module__}.{cls.__qualname__})"
-        ])
+            f"{registry.origins[other]} ({other.__module__}.{other.__qualname__}) and {origin} ({cls.__module__}.{cls.__qualname__})",
+            registry.origins[other], origin)
     table[cls.type] = cls
     registry.origins[cls] = origin

@@ -51,6 +51,10 @@ MODULES = {
                      '"additionalProperties": False, "properties": {"x": {"type": "integer", "description": "x"}}}'),
         "p.yaml:2: plugin undeclared_default: stage class undeclared_default.Vague: config_schema property 'x' "
         "has neither a default nor a place in required"),
+    "returns_one_class": (
+        STAGE.format(cls="Single", body='    type = "single"').replace("return [Single]", "return Single"),
+        "p.yaml:2: plugin returns_one_class: runner_register_stages returned <class 'returns_one_class.Single'>, "
+        "not a list of Stage subclasses"),
     "raises_on_register": (
         "from runner import hookimpl\n\n@hookimpl\ndef runner_register_sinks():\n    return 1 / 0\n",
         "p.yaml:2: plugin raises_on_register: runner_register_sinks raised ZeroDivisionError: division by zero"),
@@ -82,3 +86,48 @@ def test_every_built_in_config_schema_is_a_valid_declaration():
     for cls in classes:
         jsonschema.Draft202012Validator.check_schema(cls.config_schema)
         assert plugins._declaration_problems(cls.config_schema) == [], cls  # the rules plugins are held to
+
+
+def installed(site: Path, name: str, module: str, text: str) -> None:
+    """What ``pip install`` of a package with a plugin module leaves behind in ``site``."""
+    dist = site / f"{name}-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[runner]\n{name} = {module}\n")
+    (site / f"{module}.py").write_text(text)
+
+
+def run_cli(site: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
+    return subprocess.run([sys.executable, "-m", "runner.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_an_installed_plugin_that_cannot_be_imported_is_left_out_with_a_warning(tmp_path):
+    installed(tmp_path, "broken-dep", "broken_dep", "import not_installed_dependency_of_it\n")
+    warning = ("WARNING: installed plugin broken-dep (broken_dep, of broken-dep 1.0) cannot be loaded "
+               "(ModuleNotFoundError: No module named 'not_installed_dependency_of_it'): it is left out")
+    proc = run_cli(tmp_path, "plugins")
+    assert proc.returncode == 0 and "validate           from plugins.stages.validate" in proc.stdout
+    assert proc.stderr.splitlines() == [warning]  # once, though the manager is built twice
+    proc = run_cli(tmp_path, "validate", "pipelines/basic.yaml")
+    assert (proc.returncode, proc.stderr.splitlines()) == (0, [warning])
+
+
+def test_plugin_commands_that_fail_are_left_out_and_the_others_work(tmp_path):
+    installed(tmp_path, "takes-run", "takes_run", (
+        "from runner import hookimpl\n\n@hookimpl\ndef runner_register_commands(subparsers):\n"
+        "    subparsers.add_parser('run')\n"))
+    proc = run_cli(tmp_path, "--help")
+    assert proc.returncode == 0 and "state" in proc.stdout
+    assert proc.stderr.splitlines() == ["WARNING: plugin takes-run: runner_register_commands raised ArgumentError: "
+                                        "argument COMMAND: conflicting subparser: run: its commands are left out"]
+
+
+def test_two_installed_plugins_of_one_type_are_an_error_of_no_line_of_the_pipeline(tmp_path):
+    for name in ("first", "second"):
+        installed(tmp_path, name, f"{name}_stage", STAGE.format(cls="Dedup", body='    type = "dedup"'))
+    proc = run_cli(tmp_path, "validate", "pipelines/basic.yaml")
+    first, second = "first (first_stage.Dedup)", "second (second_stage.Dedup)"  # in the order they are found
+    assert (proc.returncode, proc.stderr) in [(2, f"two plugins register the stage type 'dedup': {a} and {b}\n")
+                                              for a, b in ((first, second), (second, first))], proc.stderr
