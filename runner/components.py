@@ -130,7 +130,9 @@ class Source(Component):
 
         ``offsets`` maps ``"topic/partition"`` to the next offset to read, as restored
         from the last checkpoint (empty on a first run). Assign every partition and
-        return the position of every partition. A partition without a stored offset, or
+        return the position of every partition: the offset given, where there is one (a
+        position before it is reported at start, as records would be counted twice). A
+        partition without a stored offset, or
         whose stored offset lies beyond its end, starts where ``auto_offset_reset`` says;
         the second case must be reported loudly, never waited on.
         Raising ``RunnerError`` stops the runner with exit 1 (e.g. no broker).

@@ -165,6 +165,7 @@ class Runner:
         # the source first: it may start reading ahead while the rest is set up
         stored_offsets = self.store.meta("offsets", {}) or {}
         self.positions = dict(self.source.open(dict(stored_offsets)))
+        self._check_positions(stored_offsets)
         self.stop = self.source.end_offsets() if self.bounded else None
         self._started_at = {p: min(self.positions.get(p, 0), end) for p, end in (self.stop or {}).items()}
 
@@ -219,6 +220,17 @@ class Runner:
             self.checkpoint.settle()
         self.checkpoint.redeliver()
         self._report_start(number, stored_offsets, len(outbox), (time.perf_counter() - started) * 1000)
+
+    def _check_positions(self, stored: dict) -> None:
+        """Say so where the source starts a partition before its checkpointed offset: a
+        source whose ``open`` ignores the offsets it is given would count records twice."""
+        for partition, offset in sorted(stored.items()):
+            position = self.positions.get(partition)
+            if position is not None and position < offset:
+                self.log(f"WARNING: source {self.source.type} starts {partition} at offset {position}, before the "
+                         f"checkpoint's {offset}: records {position}..{offset - 1} are processed again, unless the "
+                         f"partition's data was lost and they are new ones (a source's open must return the "
+                         f"offsets it is given)", file=sys.stderr)
 
     def _sink_states(self, number: int, outbox: list) -> tuple[dict, list[str], dict]:
         """Each sink's committed state (None: none), the sinks that no run of this state gave

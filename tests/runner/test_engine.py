@@ -329,3 +329,26 @@ def test_a_stage_whose_process_returns_no_events_stops_the_run_with_an_error_nam
         runner.run()
     assert str(caught.value) == ("stage buggy (returns_data.PassesData.process) returned a list holding dict, "
                                  "not a list of the Event objects that go on: a bug of the stage's plugin")
+
+
+def test_a_source_that_starts_before_the_checkpointed_offset_is_reported(tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps({"page_url": "/home", "n": n}) + "\n" for n in range(3)))
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "p",
+        "source": {"type": "file", "path": str(events), "topic": "events"},
+        "state": {"path": str(tmp_path / "state")},
+        "dlq": {"type": "jsonl", "path": str(tmp_path / "dlq.jsonl")},
+        "stages": [{"type": "aggregate", "name": "views", "key_by": "page_url", "aggregations": {"views": "count"}}],
+        "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
+    }))
+    lines = []
+    log = lambda line, file=None: lines.append(line)  # noqa: E731
+    assert Runner(config.load(str(path)), until_end=True, log=log).run() == 0
+    events.write_text(json.dumps({"page_url": "/home", "n": 0}) + "\n")  # the file replaced by a shorter one
+    assert Runner(config.load(str(path)), until_end=True, log=log).run() == 0
+    assert [line for line in lines if line.startswith("WARNING")] == [
+        "WARNING: source file starts events/0 at offset 1, before the checkpoint's 3: records 1..2 are processed "
+        "again, unless the partition's data was lost and they are new ones (a source's open must return the "
+        "offsets it is given)"]
