@@ -145,18 +145,25 @@ def test_partitions_that_keep_delivering_are_never_left_out_as_idle(broker, topi
     assert [r["n"] for r in closed] == [2] * 14  # every minute but the last, closed while running
 
 
+def views_pipeline(tmp_path, source: dict, state: dict, sink: dict | None = None, name: str = "views"):
+    """A pipeline file counting views by page from ``source``, to ``sink`` (a JSONL file in
+    ``tmp_path``), its DLQ a JSONL file there."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": name,
+        "source": source,
+        "state": state,
+        "dlq": {"type": "jsonl", "path": str(tmp_path / "dlq.jsonl")},
+        "stages": [{"type": "aggregate", "name": "views", "key_by": "page_url", "aggregations": {"views": "count"}}],
+        "sinks": [sink or {"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
+    }))
+    return path
+
+
 def test_the_collector_runs_with_its_own_thresholds_and_they_are_restored(tmp_path):
     events = tmp_path / "events.jsonl"
     events.write_text("".join(json.dumps({"page_url": "/home", "n": n}) + "\n" for n in range(3)))
-    path = tmp_path / "gc.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "gc",
-        "source": {"type": "file", "path": str(events)},
-        "state": {"backend": "memory"},
-        "dlq": {"type": "jsonl", "path": str(tmp_path / "dlq.jsonl")},
-        "stages": [{"type": "aggregate", "name": "views", "key_by": "page_url", "aggregations": {"views": "count"}}],
-        "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
-    }))
+    path = views_pipeline(tmp_path, {"type": "file", "path": str(events)}, {"backend": "memory"})
     during = []
 
     class Watch(Checkpoints):
@@ -174,15 +181,8 @@ def test_the_collector_runs_with_its_own_thresholds_and_they_are_restored(tmp_pa
 
 def endless_runner(tmp_path, sink: dict) -> tuple[Runner, list[str]]:
     """A Runner of a paced generator that never ends, writing to ``sink``; and its log lines."""
-    path = tmp_path / "endless.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "endless",
-        "source": {"type": "generator", "rate": 1000},
-        "state": {"path": str(tmp_path / "state")},
-        "dlq": {"type": "jsonl", "path": str(tmp_path / "dlq.jsonl")},
-        "stages": [{"type": "aggregate", "name": "views", "key_by": "page_url", "aggregations": {"views": "count"}}],
-        "sinks": [sink],
-    }))
+    path = views_pipeline(tmp_path, {"type": "generator", "rate": 1000}, {"path": str(tmp_path / "state")}, sink,
+                          name="endless")
     lines = []
     return Runner(config.load(str(path)), log=lambda *a, **k: lines.append(" ".join(map(str, a)))), lines
 
@@ -334,15 +334,8 @@ def test_a_stage_whose_process_returns_no_events_stops_the_run_with_an_error_nam
 def test_a_source_that_starts_before_the_checkpointed_offset_is_reported(tmp_path):
     events = tmp_path / "events.jsonl"
     events.write_text("".join(json.dumps({"page_url": "/home", "n": n}) + "\n" for n in range(3)))
-    path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "p",
-        "source": {"type": "file", "path": str(events), "topic": "events"},
-        "state": {"path": str(tmp_path / "state")},
-        "dlq": {"type": "jsonl", "path": str(tmp_path / "dlq.jsonl")},
-        "stages": [{"type": "aggregate", "name": "views", "key_by": "page_url", "aggregations": {"views": "count"}}],
-        "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
-    }))
+    path = views_pipeline(tmp_path, {"type": "file", "path": str(events), "topic": "events"},
+                          {"path": str(tmp_path / "state")})
     lines = []
     log = lambda line, file=None: lines.append(line)  # noqa: E731
     assert Runner(config.load(str(path)), until_end=True, log=log).run() == 0
