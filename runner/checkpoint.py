@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pickle
 import sys
 import time
 from collections import deque
 
+from runner.components import RunnerError
 from runner.outputs import Output
 from runner.state import Store
 
@@ -198,13 +200,15 @@ class Checkpoint:
                 try:
                     if name in self.undelivered:  # it may not hold all of its outputs: a flush cannot tell
                         raise self.undelivered[name]
-                    self.sink_states[name] = self.sinks[name].flush()
-                    failing.remove(name)
+                    state = self.sinks[name].flush()
                 except BrokenPipeError as exc:
                     failure = failure or exc
                     self.output_closed()
                 except Exception as exc:
                     failure = failure or exc
+                else:
+                    self.sink_states[name] = committable(self.sinks[name], "flush", state)
+                    failing.remove(name)
             if not failing:
                 return
             if self.should_stop() or isinstance(failure, BrokenPipeError):  # its reader is gone for good
@@ -220,6 +224,17 @@ class Checkpoint:
                 self._hand_over(self.unconfirmed, only=failing)
             except Exception:
                 continue
+
+
+def committable(sink, method: str, state):
+    """``state``, which ``sink.method`` returned to be committed, if it can be (pickled); else
+    RunnerError naming the sink: a plugin's mistake, not one to retry."""
+    try:
+        pickle.dumps(state, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise RunnerError(f"sink {sink.name} ({type(sink).__module__}.{type(sink).__qualname__}.{method}) returned "
+                          f"a state that cannot be committed (pickled): {type(exc).__name__}: {exc}") from None
+    return state
 
 
 def _notice(out: Output) -> str:

@@ -154,13 +154,13 @@ def _common_keys() -> list[str]:
 
 
 def cmd_state_dump(args) -> int:
-    from runner.dump import dump_state
+    from runner.dump import dump_text
 
     pipeline = config.load(args.pipeline, args.overrides)
     if pipeline.settings["state"]["backend"] == "memory":
         print(f"{args.pipeline}: state.backend is memory: nothing is persisted", file=sys.stderr)
         return 2
-    print(json.dumps(dump_state(pipeline), indent=2, sort_keys=True, ensure_ascii=False))
+    print(dump_text(pipeline))
     return 0
 
 

@@ -236,6 +236,17 @@ def _schema_findings(schema: dict, instance: Any, base: tuple) -> list[Finding]:
     return findings
 
 
+def _lint(cls, config: dict, path: tuple, registry: plugins.Registry) -> list[Finding]:
+    """The component's own findings (``Component.lint``); what is not a list of (path, message)
+    pairs is a mistake of its plugin, said as one."""
+    problems = cls.lint(config)
+    if isinstance(problems, list) and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[1], str)
+                                          for p in problems):
+        return [Finding(path + tuple(at), message) for at, message in problems]
+    where = f"plugin {registry.origins.get(cls, cls.__module__)}: {cls.__module__}.{cls.__qualname__}.lint"
+    return [Finding(path, f"{where} returned {problems!r}, not a list of (path, message) pairs")]
+
+
 def _plugin_modules(data: dict) -> list[str]:
     modules = data.get("plugins")
     if isinstance(modules, list):
@@ -287,7 +298,7 @@ def _check_components(data: dict, registry: plugins.Registry) -> tuple[dict, lis
         if errors:
             continue  # lint is promised a config that matches the schema
         config = _fill_defaults(cls.config_schema, config)
-        findings += [Finding(path + tuple(at), message) for at, message in cls.lint(config)]
+        findings += _lint(cls, config, path, registry)
         findings += _check_target(cls, config, path, targets)
         filled = {k: item[k] for k in common if k in item}
         if section in ("stages", "sinks"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -43,6 +44,22 @@ def dump_state(pipeline) -> dict:
         }
     finally:
         store.close()
+
+
+def dump_text(pipeline) -> str:
+    """``dump_state`` as the JSON text ``runner state dump`` prints; a stage whose ``dump``
+    returned what is not JSON is named."""
+    state = dump_state(pipeline)
+    try:
+        return json.dumps(state, indent=2, sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError):
+        types = {d["name"]: d["type"] for d in pipeline.settings["stages"]}
+        for name, part in state["stages"].items():
+            try:
+                json.dumps(part, sort_keys=True)
+            except (TypeError, ValueError) as exc:
+                raise RunnerError(f"stage {name} (type {types[name]}): its dump returned what is not JSON: {exc}") from None
+        raise
 
 
 def reset_state(pipeline) -> bool:

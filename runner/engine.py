@@ -7,13 +7,14 @@ import math
 import signal
 import sys
 import time
+import traceback
 from itertools import groupby
 from operator import attrgetter
 
 from runner import signals, yamldoc
-from runner.checkpoint import Checkpoint, Stopped
+from runner.checkpoint import Checkpoint, Stopped, committable
 from runner.codec import DecodeError, decode
-from runner.components import NO_RECORD, Context, Event, RunnerError
+from runner.components import NO_RECORD, Context, Event, Record, RunnerError
 from runner.display import show
 from runner.eventtime import EventTime
 from runner.outputs import Emitter, Output
@@ -101,6 +102,17 @@ def orphaned_state(sizes: dict, stages: list) -> list[str]:
             f"the old state stays unused until 'runner state reset'" for name, count in sorted(orphans.items())]
 
 
+def plugin_failure(component, method: str, exc: Exception) -> RunnerError:
+    """What a source's or sink's ``method`` raised, as the RunnerError that stops the run:
+    naming the component and where it raised (a RunnerError is already one). Such a
+    component retries what may pass on its own, as the Kafka source does."""
+    if isinstance(exc, RunnerError):
+        return exc
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    return RunnerError(f"{component.name} ({component.type}): {method} raised {type(exc).__name__}: {exc} "
+                       f"(at {frame.filename}:{frame.lineno})")
+
+
 def _check_passed(proc, events) -> None:
     """Raise RunnerError if what ``proc.process`` returned is not a list of events (checked
     by its ends: a stage's bug is systematic, and the check stays off the per-event path)."""
@@ -164,7 +176,10 @@ class Runner:
 
         # the source first: it may start reading ahead while the rest is set up
         stored_offsets = self.store.meta("offsets", {}) or {}
-        self.positions = dict(self.source.open(dict(stored_offsets)))
+        try:
+            self.positions = dict(self.source.open(dict(stored_offsets)))
+        except Exception as exc:
+            raise plugin_failure(self.source, "open", exc) from None
         self._check_positions(stored_offsets)
         self.stop = self.source.end_offsets() if self.bounded else None
         self._started_at = {p: min(self.positions.get(p, 0), end) for p, end in (self.stop or {}).items()}
@@ -184,13 +199,16 @@ class Runner:
         sink_states, new, renames = self._sink_states(number, outbox)
         restated = []  # sinks that start from another state than the stored one (see Sink.open)
         for name, sink in self.sinks.items():
-            begins_from = sink.open(sink_states[name])
+            try:
+                begins_from = sink.open(sink_states[name])
+            except Exception as exc:
+                raise plugin_failure(sink, "open", exc) from None
             if begins_from is not None:
-                sink_states[name] = begins_from
+                sink_states[name] = committable(sink, "open", begins_from)
                 restated.append(name)
         for name in new:
             if name not in restated:
-                sink_states[name] = self.sinks[name].fresh_start()
+                sink_states[name] = committable(self.sinks[name], "fresh_start", self.sinks[name].fresh_start())
         self.meta_fixed["sink_types"] = {name: sink.type for name, sink in self.sinks.items()}
         next_seq = outbox[-1][0] + 1 if outbox else 0
         self.checkpoint = Checkpoint(self.store, self.sinks, tuple(d["name"] for d in s["sinks"]), number,
@@ -405,11 +423,23 @@ class Runner:
 
     def _poll(self, timeout: float) -> list:
         if self.when_quiet and self.dirty_since is not None:
-            records = self.source.poll(0)
+            records = self._source_poll(0)
             if records:
                 return records
             self._commit()  # nothing more is ready: what was read need not wait for more input
-        return self.source.poll(timeout)
+        return self._source_poll(timeout)
+
+    def _source_poll(self, timeout: float) -> list:
+        try:
+            records = self.source.poll(timeout)
+        except Exception as exc:
+            raise plugin_failure(self.source, "poll", exc) from None
+        if records.__class__ is not list:  # any iterable will do
+            records = list(records)
+        if records and not isinstance(records[0], Record):  # checked by the first: a source's mistake is systematic
+            raise RunnerError(f"{self.source.name} ({self.source.type}): poll returned {type(records[0]).__name__} "
+                              f"records, not runner.components.Record")
+        return records
 
     def _recheck_ends(self, now: float) -> None:
         """A bounded run with nothing to read: if the input present at start was lost (a
