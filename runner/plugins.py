@@ -76,6 +76,9 @@ def build_manager(extra_modules: list[str] = ()) -> pluggy.PluginManager:
                 pm.register(module, name)
             except pluggy.PluginValidationError as exc:
                 raise PluginError(f"plugin {name}: {exc}", name) from None
+            if not pm.get_hookcallers(module):  # (a misspelled hook counts: check_pending names it)
+                raise PluginError(f"plugins: module {name!r} has no hooks (functions marked @runner.hookimpl, "
+                                  f"named as in runner.hookspecs): name the module that has them", name)
     while True:
         try:
             pm.check_pending()

@@ -55,6 +55,10 @@ MODULES = {
         STAGE.format(cls="Single", body='    type = "single"').replace("return [Single]", "return Single"),
         "p.yaml:2: plugin returns_one_class: runner_register_stages returned <class 'returns_one_class.Single'>, "
         "not a list of Stage subclasses"),
+    "hookless": (
+        "def runner_register_stages():  # no @hookimpl\n    return []\n",
+        "p.yaml:2: plugins: module 'hookless' has no hooks (functions marked @runner.hookimpl, named as in "
+        "runner.hookspecs): name the module that has them"),
     "raises_on_register": (
         "from runner import hookimpl\n\n@hookimpl\ndef runner_register_sinks():\n    return 1 / 0\n",
         "p.yaml:2: plugin raises_on_register: runner_register_sinks raised ZeroDivisionError: division by zero"),
