@@ -230,6 +230,10 @@ class Runner:
                 {p: h for p, h in (self.store.meta("event_time", {}) or {}).items() if p in self.positions},
                 self.store.meta("watermark", -math.inf))
             self.tracker.add_partitions(self.positions)
+            if self.tracker.watermark == math.inf:
+                self.log(f"WARNING: the state at {s['state']['path']} was drained (watermark +inf): every event "
+                         f"is late for the window stages from now on (CONTRACT section 6: the watermark never goes "
+                         f"back); 'runner state reset' starts over", file=sys.stderr)
             # windows final under the stored event time with today's grace (or a stage back
             # under its old name) are emitted now, not only once a record comes
             self._advance(self.tracker.recompute())

@@ -345,3 +345,25 @@ def test_a_source_that_starts_before_the_checkpointed_offset_is_reported(tmp_pat
         "WARNING: source file starts events/0 at offset 1, before the checkpoint's 3: records 1..2 are processed "
         "again, unless the partition's data was lost and they are new ones (a source's open must return the "
         "offsets it is given)"]
+
+
+def test_a_start_on_a_drained_state_says_that_every_event_will_be_late(tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps({"timestamp": "2026-11-24T08:00:00Z"}) + "\n")
+    path = tmp_path / "windows.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "windows", "source": {"type": "file", "path": str(events)},
+        "state": {"path": str(tmp_path / "state")}, "event_time": {"late": "drop"},
+        "dlq": {"type": "jsonl", "path": str(tmp_path / "dlq.jsonl")},
+        "stages": [{"type": "tumbling_window", "name": "w", "size": "5m", "aggregations": {"events": "count"}}],
+        "sinks": [{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}],
+    }))
+    lines = []
+    log = lambda line, file=None: lines.append(line)  # noqa: E731
+    assert Runner(config.load(str(path)), drain=True, log=log).run() == 0
+    assert not [line for line in lines if line.startswith("WARNING")]
+    assert Runner(config.load(str(path)), until_end=True, log=log).run() == 0
+    assert [line for line in lines if line.startswith("WARNING")] == [
+        f"WARNING: the state at {tmp_path / 'state'} was drained (watermark +inf): every event is late for the "
+        f"window stages from now on (CONTRACT section 6: the watermark never goes back); 'runner state reset' "
+        f"starts over"]
