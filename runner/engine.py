@@ -23,6 +23,9 @@ from runner.times import duration_ms, format_watermark
 
 _TOPIC_PARTITION = attrgetter("topic", "partition")
 PROGRESS_EVERY_S = 10.0  # how often a bounded run says on stderr how far it got
+# the same stop signal again within this many seconds is the first one, not a second stop:
+# `timeout` sends its SIGTERM to the command and then to the whole process group
+SAME_SIGNAL_S = 0.1
 GC_THRESHOLDS = (10_000, 10, 10)  # the collector's, while a pipeline runs (Python's: 700, 10, 10)
 
 
@@ -373,6 +376,11 @@ class Runner:
                 if not self.output_closed:  # which said what stays
                     self.log(f"[{self.settings['name']}] stopped while a sink was not confirming: what it had not "
                              f"confirmed {self._kept()}", file=sys.stderr)
+            except KeyboardInterrupt:  # a second stop signal
+                self._abort()
+                self.log(f"[{self.settings['name']}] stopped at once by a second signal, without a checkpoint: "
+                         f"the last one on disk stands", file=sys.stderr)
+                raise
             except BaseException:
                 self._abort()
                 raise
@@ -384,10 +392,13 @@ class Runner:
         return 0
 
     def _on_signal(self, signum, frame) -> None:
+        now = time.monotonic()
         if self.signalled is not None:  # a second Ctrl+C: the last checkpoint stands
+            if self.stopped or (signum == self.signalled and now - self._signalled_at < SAME_SIGNAL_S):
+                return  # the stop is done, or this is the first one again (timeout sends it twice)
             raise KeyboardInterrupt(signum)
         self.stop_requested = True
-        self.signalled = signum
+        self.signalled, self._signalled_at = signum, now
         checkpoint = getattr(self, "checkpoint", None)
         if not self.opened or (checkpoint is not None and checkpoint.in_sink):
             # starting (a broker that does not answer is waited for 10 s), or a sink that hangs:

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -288,3 +289,37 @@ def test_a_stop_signal_held_at_start_acts_as_python_would_for_other_commands(wor
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     assert "valid pipeline" not in capsys.readouterr().out
+
+
+def running(tmp_path) -> subprocess.Popen:
+    """``runner run`` of an endless paced generator, once it has started (its start line read)."""
+    path = write(tmp_path, GENERATED.replace(", count: 100000", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", path], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "starting fresh" in proc.stdout.readline()
+    return proc
+
+
+def test_the_same_stop_signal_twice_at_once_is_one_clean_stop(tmp_path):
+    proc = running(tmp_path)  # as `timeout 60 runner run ...` sends its SIGTERM: to the runner, then to the group
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.02)  # handled apart (signals that come before the first is handled are one anyway)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "stopped cleanly" in out, (out, err)
+
+
+def test_a_second_stop_signal_says_that_the_last_checkpoint_stands(tmp_path, monkeypatch, capsys):
+    from runner import engine
+
+    def slow_finish(self):  # a final checkpoint that takes long (a slow disk): the second signal comes in it
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+
+    monkeypatch.setattr(engine.Runner, "_finish", slow_finish)
+    monkeypatch.chdir(tmp_path)  # the pipeline's relative paths
+    path = write(tmp_path, GENERATED)
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    assert main(["run", path]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "[gen] stopped at once by a second signal, without a checkpoint: the last one on disk stands")
