@@ -281,6 +281,10 @@ class Processor:
         """Display lines for the console (not results: never written to other sinks)."""
         return []
 
+    def final_report(self) -> list[str]:
+        """Display lines at a clean stop, whatever ``report``'s own pace (default: ``report``'s)."""
+        return self.report()
+
 
 class Sink(Component):
     """Where results (or dead letters) go. A sink sees an output only after the checkpoint

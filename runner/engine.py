@@ -600,11 +600,12 @@ class Runner:
         if self.checkpoint.unconfirmed_count():  # confirm the last deliveries: the outbox is left empty
             self._commit(confirm=True)
             self.checkpoint.settle()
-        self._display()
+        self._display(final=True)
 
-    def _display(self) -> None:
-        displays = self.checkpoint.displays
-        lines = [line for proc in self.processors for line in proc.report()] if displays else []
+    def _display(self, final: bool = False) -> None:
+        if not self.checkpoint.displays:
+            return
+        lines = [line for proc in self.processors for line in (proc.final_report() if final else proc.report())]
         if lines:
             self.checkpoint.display(lines)
 

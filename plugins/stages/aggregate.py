@@ -31,7 +31,7 @@ class Aggregate(Stage):
             "description": "metric -> M: emit a result each time the metric of a key reaches a multiple of M",
         },
         "display": {"default": {}, **obj({
-            "every": duration("how often the console report is shown", default="10s"),
+            "every": duration("how often the console report is shown (and once at a clean stop)", default="10s"),
             "line": template_schema("one line per key changed since the last report, e.g. '[PAGE STATS] {key}: {views} views'"),
             "milestone": template_schema("how a milestone shows on the console, e.g. '[POPULAR] {key} reached {value} {milestone}!'"),
             "top": obj({
@@ -198,6 +198,11 @@ class AggregateProcessor(Processor):
             for i, row in enumerate(rows[: top["n"]], 1):
                 lines.append(f"{i:>3}. {str(row['key']):<28} {row[top['by']]} {top['by']}")
         return lines
+
+
+    def final_report(self):
+        self.next_report = 0.0  # a run shorter than display.every shows its figures once, at its stop
+        return self.report()
 
 
 @hookimpl

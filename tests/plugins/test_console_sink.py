@@ -137,3 +137,22 @@ def test_a_budget_of_one_line_still_shows_each_seconds_first_notice(capsys, monk
     sink = console.ConsoleSink({"max_lines_per_s": 1}, Context("p", "console", {}))
     sink.display(["[VALIDATION ERROR] x\n[DLQ] sent t/0@1 to the dead letter queue", "[VALIDATION ERROR] y\n[DLQ] ..."])
     assert capsys.readouterr().out.splitlines() == ["[VALIDATION ERROR] x", "[DLQ] sent t/0@1 to the dead letter queue"]
+
+
+def test_a_run_shorter_than_the_display_interval_shows_its_figures_at_its_stop(tmp_path, capsys):
+    from runner.cli import main
+
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps({"page_url": page}) + "\n" for page in ("/a", "/b", "/a")))
+    path = faults.write_pipeline(tmp_path / "short.yaml", {
+        "name": "short", "source": {"type": "file", "path": str(events)}, "state": {"backend": "memory"},
+        "dlq": {"type": "jsonl", "path": str(tmp_path / "dlq.jsonl")},
+        "stages": [{"type": "aggregate", "name": "views", "key_by": "page_url", "aggregations": {"views": "count"},
+                    "display": {"every": "1h", "line": "{key}: {views} views",
+                                "top": {"by": "views", "n": 2, "title": "TOP PAGES"}}}],
+        "sinks": [{"type": "console"}],
+    })
+    assert main(["run", path, "--until-end"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:-1] == ["/a: 2 views", "/b: 1 views", "==== TOP PAGES ====",
+                         "  1. /a                           2 views", "  2. /b                           1 views"], out
