@@ -193,7 +193,7 @@ class Checkpoint:
         backoff. A sink whose flush succeeded is left alone: its outputs are in (a file sink
         given them again after its flush would hold them twice)."""
         delay = 0.5
-        failing = list(self.sinks)
+        failing, failed = list(self.sinks), []
         while True:
             failure = None
             for name in list(failing):
@@ -210,11 +210,14 @@ class Checkpoint:
                     self.sink_states[name] = committable(self.sinks[name], "flush", state)
                     failing.remove(name)
             if not failing:
+                if failed:
+                    self.log(f"[SINK] {', '.join(failed)}: confirmed again; processing goes on", file=sys.stderr)
                 return
             if self.should_stop() or isinstance(failure, BrokenPipeError):  # its reader is gone for good
                 raise Stopped() from failure
+            failed = failed or list(failing)
             self.log(f"[SINK] {', '.join(failing)}: {len(self.unconfirmed)} outputs not confirmed ({failure}); "
-                     f"retrying in {delay:g}s", file=sys.stderr)
+                     f"processing waits; retrying in {delay:g}s", file=sys.stderr)
             time.sleep(delay)
             delay = min(delay * 2, 10)
             try:

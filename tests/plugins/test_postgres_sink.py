@@ -336,7 +336,8 @@ def test_the_runner_retries_a_lost_connection_until_every_output_is_in_once(post
     finally:
         sink.close()
     assert store.confirmed == list(range(15))
-    assert len(log) == 1 and "10 outputs not confirmed" in log[0] and "127.0.0.1:5432/test" in log[0]
+    assert len(log) == 2 and "10 outputs not confirmed" in log[0] and "127.0.0.1:5432/test" in log[0]
+    assert log[1] == "[SINK] out: confirmed again; processing goes on"
     assert sorted(rows(postgres_dsn, pg_table)) == sorted(out.id for out in results(range(15)))
 
 
