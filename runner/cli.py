@@ -109,9 +109,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from runner.dump import state_refusal
+
     pipeline = config.load(args.pipeline, args.overrides)
     print(f"{args.pipeline}: valid pipeline {pipeline.settings['name']!r} "
           f"({_count(len(pipeline.settings['stages']), 'stage')}, {_count(len(pipeline.settings['sinks']), 'sink')})")
+    refusal = state_refusal(pipeline)  # the file is valid: its state is another matter, said apart
+    if refusal:
+        print(f"WARNING: 'runner run' would refuse its stored state: {refusal}", file=sys.stderr)
     return 0
 
 

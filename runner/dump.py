@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from runner.components import RunnerError
@@ -15,17 +16,41 @@ from runner.times import format_ms, format_watermark
 NEVER_RAN = {"checkpoint": 0, "offsets": {}, "event_time": {}, "watermark": None, "stages": {}}
 
 
-def dump_state(pipeline) -> dict:
-    """The last checkpoint, read without a lock (the pipeline may be running)."""
-    settings = pipeline.settings
-    path = Path(settings["state"]["path"])
+@contextmanager
+def _last_checkpoint(pipeline):
+    """The pipeline's store, read-only and without a lock (the pipeline may be running); None
+    if it holds no checkpoint."""
+    path = Path(pipeline.settings["state"]["path"])
     require_directory(path)
     try:
         store = LmdbStore(path, readonly=True)
     except FileNotFoundError:
-        return dict(NEVER_RAN)
+        yield None
+        return
     try:
-        if store.meta("checkpoint") is None:
+        yield store if store.meta("checkpoint") is not None else None
+    finally:
+        store.close()
+
+
+def state_refusal(pipeline) -> str | None:
+    """Why ``runner run`` would refuse the pipeline's stored state (None: it would not)."""
+    if pipeline.settings["state"]["backend"] == "memory":
+        return None
+    try:
+        with _last_checkpoint(pipeline) as store:
+            if store is not None:
+                check_state(store, pipeline.settings, build_stages(pipeline), store.table_sizes())
+    except RunnerError as exc:
+        return str(exc)
+    return None
+
+
+def dump_state(pipeline) -> dict:
+    """The last checkpoint, read without a lock (the pipeline may be running)."""
+    settings = pipeline.settings
+    with _last_checkpoint(pipeline) as store:
+        if store is None:
             return dict(NEVER_RAN)
         built = build_stages(pipeline)
         check_state(store, settings, built, store.table_sizes())  # what run refuses, dump must not misread
@@ -42,8 +67,6 @@ def dump_state(pipeline) -> dict:
             "watermark": format_watermark(store.meta("watermark", -math.inf)),
             "stages": stages,
         }
-    finally:
-        store.close()
 
 
 def dump_text(pipeline) -> str:

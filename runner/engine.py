@@ -19,7 +19,7 @@ from runner.display import show
 from runner.eventtime import EventTime
 from runner.outputs import Emitter, Output
 from runner.state import FORMAT, READS, LmdbStore, MemoryStore, Store
-from runner.times import duration_ms, format_watermark
+from runner.times import duration_ms, format_duration, format_watermark
 
 _TOPIC_PARTITION = attrgetter("topic", "partition")
 PROGRESS_EVERY_S = 10.0  # how often a bounded run says on stderr how far it got
@@ -76,15 +76,29 @@ def check_state(store: Store, settings: dict, stages: list, sizes: dict) -> None
     for stage in stages:
         now, before = stage.fingerprint(), stored.get(stage.name)
         if now is not None and before is not None and before != now and _holds_state(store, stage, sizes):
-            changed = ", ".join(f"{k}: {_shown(before, k)} -> {_shown(now, k)}" for k in sorted(set(before) | set(now))
-                                if before.get(k) != now.get(k))
+            keys = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+            if before.get("type") == now.get("type"):  # else every key of either type counts
+                keys = [k for k in keys if _written(stage, k)] or keys
+            changed = ", ".join(_change(before, now, k) for k in keys)
             raise RunnerError(f"stage {stage.name} was checkpointed with another definition ({changed}); "
                               f"its state cannot be read with the new one: run 'runner state reset' "
                               f"to start over, or restore the old definition")
 
 
-def _shown(definition: dict, key: str) -> str:
-    return yamldoc.show(definition[key]) if key in definition else "(none)"
+def _change(before: dict, now: dict, key: str) -> str:
+    """One changed key of a stage's definition, as its YAML says it (``size_ms`` as ``size``,
+    in a duration's units)."""
+    def shown(definition: dict) -> str:
+        if key not in definition:
+            return "(none)"
+        value = definition[key]
+        return format_duration(value) if key.endswith("_ms") and isinstance(value, int) else yamldoc.show(value)
+    return f"{key.removesuffix('_ms')}: {shown(before)} -> {shown(now)}"
+
+
+def _written(stage, key: str) -> bool:
+    """A definition key the stage's YAML can hold (a tumbling window's advance is its size)."""
+    return not key.endswith("_ms") or key.removesuffix("_ms") in stage.config_schema.get("properties", {})
 
 
 def _holds_state(store: Store, stage, sizes: dict) -> bool:

@@ -48,6 +48,14 @@ def duration_ms(value) -> int:
     return int(ms)
 
 
+def format_duration(ms: int) -> str:
+    """``ms`` as a duration in the largest unit that holds it whole (``300000``: ``5m``)."""
+    for unit in ("h", "m", "s"):
+        if ms and ms % _UNITS_MS[unit] == 0:
+            return f"{ms // _UNITS_MS[unit]}{unit}"
+    return f"{ms}ms"
+
+
 class InvalidTime(ValueError):
     """An event time that is not an RFC 3339 string or integral epoch ms in range."""
 

@@ -94,7 +94,7 @@ def test_a_changed_window_definition_is_refused(workdir, capsys):
     assert main(["run", path, "--until-end"]) == 0
     assert main(["run", path, "--until-end", "--set", "stages.per_5m.size=10m"]) == 1
     err = capsys.readouterr().err
-    assert "per_5m" in err and "size_ms: 300000 -> 600000" in err and "state reset" in err
+    assert "per_5m" in err and "(size: 5m -> 10m)" in err and "state reset" in err
 
 
 def test_a_state_made_by_another_pipeline_is_refused(workdir, capsys):

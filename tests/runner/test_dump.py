@@ -47,7 +47,15 @@ def test_a_state_path_that_is_a_file_is_named_as_such(workdir, capsys, before, a
 def test_dump_refuses_a_changed_window_definition_as_run_does(ran, capsys):
     assert main(["state", "dump", ran, "--set", "stages.per_5m.size=10m"]) == 1
     err = capsys.readouterr().err
-    assert "stage per_5m was checkpointed with another definition (advance_ms: 300000 -> 600000" in err
+    assert "stage per_5m was checkpointed with another definition (size: 5m -> 10m);" in err  # as the YAML says it
+
+
+def test_validate_warns_of_a_state_that_run_would_refuse(ran, capsys):
+    assert main(["validate", ran, "--set", "stages.per_5m.size=10m"]) == 0  # the file is valid
+    assert capsys.readouterr().err.startswith("WARNING: 'runner run' would refuse its stored state: stage per_5m "
+                                              "was checkpointed with another definition (size: 5m -> 10m);")
+    assert main(["validate", ran]) == 0
+    assert capsys.readouterr().err == ""
 
 
 AGGREGATE = """

@@ -248,7 +248,7 @@ def test_a_refused_definition_change_names_the_values_as_json(tmp_path):
                         "aggregations": {"events": "count"}}])
     with pytest.raises(RunnerError) as refused:
         run(path)
-    assert ('(advance_ms: 300000 -> (none), gap_ms: (none) -> 300000, key_by: null -> "user_id", size_ms: 300000 '
+    assert ('(advance: 5m -> (none), gap: (none) -> 5m, key_by: null -> "user_id", size: 5m '
             '-> (none), type: "tumbling_window" -> "session_window")') in str(refused.value)
 
 

@@ -1,10 +1,11 @@
 """Event times: the cached path for the usual form must say what the full parser says."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runner import times
-from runner.times import InvalidTime, parse_event_time
+from runner.times import InvalidTime, duration_ms, format_duration, parse_event_time
 
 USUAL = "2026-11-24T08:00:17.123Z"
 
@@ -45,3 +46,9 @@ def test_a_time_before_1970_is_refused_however_often_it_is_read():
     first = uncached("1969-12-31T23:59:58.000Z")
     assert first[0] is InvalidTime
     assert parsed("1969-12-31T23:59:59.999Z")[0] is InvalidTime
+
+
+@pytest.mark.parametrize("ms, text", [(300_000, "5m"), (7_200_000, "2h"), (90_000, "90s"), (1_500, "1500ms"),
+                                      (0, "0ms")])
+def test_a_duration_is_shown_in_the_largest_unit_that_holds_it_whole(ms, text):
+    assert format_duration(ms) == text and duration_ms(text) == ms
