@@ -162,8 +162,7 @@ def cmd_state_dump(args) -> int:
     from runner.dump import dump_text
 
     pipeline = config.load(args.pipeline, args.overrides)
-    if pipeline.settings["state"]["backend"] == "memory":
-        print(f"{args.pipeline}: state.backend is memory: nothing is persisted", file=sys.stderr)
+    if _in_memory(pipeline, args):
         return 2
     print(dump_text(pipeline))
     return 0
@@ -173,6 +172,8 @@ def cmd_state_reset(args) -> int:
     from runner.dump import reset_state
 
     pipeline = config.load(args.pipeline, args.overrides)
+    if _in_memory(pipeline, args):
+        return 2
     path = pipeline.settings["state"]["path"]
     if not args.yes:
         if not sys.stdin.isatty():
@@ -183,6 +184,14 @@ def cmd_state_reset(args) -> int:
             return 2
     print(f"deleted {path}" if reset_state(pipeline) else f"no state at {path}")
     return 0
+
+
+def _in_memory(pipeline, args) -> bool:
+    """The pipeline keeps its state in memory (said on stderr): there is none to dump or reset."""
+    if pipeline.settings["state"]["backend"] != "memory":
+        return False
+    print(f"{args.pipeline}: state.backend is memory: nothing is persisted", file=sys.stderr)
+    return True
 
 
 if __name__ == "__main__":

@@ -72,10 +72,11 @@ def test_state_dump_of_a_pipeline_that_never_ran(workdir, capsys):
         "checkpoint": 0, "offsets": {}, "event_time": {}, "watermark": None, "stages": {}}
 
 
-def test_state_dump_of_a_memory_pipeline_exits_2(workdir, capsys):
+@pytest.mark.parametrize("action", [["dump"], ["reset", "--yes"]])
+def test_state_dump_or_reset_of_a_memory_pipeline_exits_2(workdir, capsys, action):
     path = write(workdir, BASE.replace("state: {path: state}", "state: {backend: memory}"))
-    assert main(["state", "dump", path]) == 2
-    assert "nothing is persisted" in capsys.readouterr().err
+    assert main(["state", action[0], path, *action[1:]]) == 2
+    assert capsys.readouterr().err == f"{path}: state.backend is memory: nothing is persisted\n"
 
 
 def test_state_reset_without_terminal_or_yes_deletes_nothing(workdir):
