@@ -11,6 +11,7 @@ batch + 1, while the high watermark in a fetch response is right everywhere.
 
 from __future__ import annotations
 
+import difflib
 import socket
 import sys
 import time
@@ -84,9 +85,24 @@ def client_settings(factory, servers: str, options: dict, base: dict, **fixed) -
 def no_broker(servers: str, settings: dict) -> RunnerError:
     """The error for a broker that did not answer: where, how long, and what to do."""
     seconds = settings.get("bootstrap_timeout_ms", CONNECT_TIMEOUT_S * 1000) / 1000
+    unknown = _unresolved(servers)
+    if unknown:
+        return RunnerError(f"no Kafka broker at {servers}: the host {unknown} is not known (DNS): "
+                           f"check bootstrap_servers (or KAFKA_BOOTSTRAP_SERVERS)")
     return RunnerError(
         f"no Kafka broker at {servers} within {seconds:g} s: start one with 'runner broker' or "
         f"'docker compose -f docker/docker-compose.yml up -d', or set KAFKA_BOOTSTRAP_SERVERS")
+
+
+def _unresolved(servers: str) -> str | None:
+    """The first host of ``servers`` (``host:port,...``) that does not resolve, if one does not."""
+    for server in servers.split(","):
+        host = server.strip().rsplit(":", 1)[0].strip("[]")
+        try:
+            socket.getaddrinfo(host, None)
+        except (socket.gaierror, UnicodeError):
+            return host
+    return None
 
 
 def _connect(factory, servers: str, settings: dict):
@@ -149,10 +165,19 @@ def partitions_of(client: KafkaConsumer, topics, servers: str) -> list[TopicPart
         except KafkaError as exc:
             raise RunnerError(f"cannot read the metadata of topic {topic!r} from {servers}: {exc}") from None
         if not found:
-            raise RunnerError(f"topic {topic!r} does not exist on {servers}: create it "
+            raise RunnerError(f"topic {topic!r} does not exist on {servers}{_topic_hint(client, topic)}: create it "
                               f"('runner broker' creates clickstream-events and clickstream-dlq)")
         tps.extend(TopicPartition(topic, p) for p in sorted(found))
     return tps
+
+
+def _topic_hint(client: KafkaConsumer, topic: str) -> str:
+    """'; did you mean X?' for a topic of the broker's close to ``topic`` (none: empty)."""
+    try:
+        close = difflib.get_close_matches(topic, sorted(client.topics()), n=1)
+    except KafkaError:
+        return ""
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def high_watermarks(client: KafkaConsumer, tps: list[TopicPartition], timeout: float = CONNECT_TIMEOUT_S) -> dict:

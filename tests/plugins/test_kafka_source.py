@@ -112,6 +112,21 @@ def test_missing_topic_is_named(broker, topic_factory):
         source.open({})
 
 
+def test_a_misspelt_topic_is_given_the_close_one(broker, topic_factory):
+    topic = topic_factory(1)
+    source = make_source(broker, [topic[:-1] + "x"])
+    with pytest.raises(RunnerError, match=f"does not exist on {broker} \\(did you mean '{topic}'\\?\\)"):
+        source.open({})
+
+
+def test_a_host_that_does_not_resolve_is_said_so():
+    source = make_source("nosuchhost.invalid:9092", ["clickstream-events"])
+    with pytest.raises(RunnerError) as caught:
+        source.open({})
+    assert str(caught.value) == ("no Kafka broker at nosuchhost.invalid:9092: the host nosuchhost.invalid is not "
+                                 "known (DNS): check bootstrap_servers (or KAFKA_BOOTSTRAP_SERVERS)")
+
+
 def test_no_broker_fails_within_10_seconds_naming_the_address():
     address = f"127.0.0.1:{embedded.free_port()}"
     source = make_source(address, ["clickstream-events"])
