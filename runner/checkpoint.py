@@ -244,4 +244,5 @@ def _notice(out: Output) -> str:
     """A dead letter's two lines, as one display line: shown together or not at all."""
     letter = out.data()
     return (f"[{letter['error_type'].upper()} ERROR] {letter['error']}\n"
-            f"[DLQ] sent {letter['topic']}/{letter['partition']}@{letter['offset']} to the dead letter queue")
+            f"[DLQ] sent {letter['topic']}/{letter['partition']}@{letter['offset']} to the dead letter queue "
+            f"(stage {letter['stage']})")

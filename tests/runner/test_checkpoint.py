@@ -76,3 +76,25 @@ def test_a_sink_whose_delivery_failed_gets_its_outputs_again_though_its_flush_sa
     assert log[0] == "[SINK] out: delivery failed (transient); retrying at its next confirmation"
     assert log[2:] == ["[SINK] out: 6 outputs not confirmed (transient); processing waits; retrying in 0.5s",
                        "[SINK] out: confirmed again; processing goes on"]
+
+
+class Screen(Recording):
+    """A console-like sink: it shows display lines."""
+
+    shows_display = True
+
+    def __init__(self):
+        super().__init__()
+        self.shown: list[str] = []
+
+    def display(self, lines):
+        self.shown += lines
+
+
+def test_a_dead_letters_notice_names_the_stage_that_sent_it():
+    letter = b'{"error": "late: ...", "error_type": "late", "offset": 4, "partition": 0, "stage": "w5m", "topic": "t"}'
+    screen = Screen()
+    checkpoint = Checkpoint(MemoryStore(), {"console": screen, "dlq": Recording()}, ("console",), number=0, next_seq=0)
+    checkpoint.commit([Output("p/dlq/t/0/4/w5m", "dlq", "w5m", None, letter, ("dlq",))], {"offsets": {}})
+    checkpoint.settle()
+    assert screen.shown == ["[LATE ERROR] late: ...\n[DLQ] sent t/0@4 to the dead letter queue (stage w5m)"]
