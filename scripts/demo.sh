@@ -4,6 +4,10 @@
 # last checkpoint. Run from the project root with the runner on PATH (make demo does both).
 set -euo pipefail
 PORT=${DEMO_PORT:-9092}
+if ! [[ "$PORT" =~ ^[0-9]+$ ]] || [ "$PORT" -lt 1 ] || [ "$PORT" -gt 65535 ]; then
+  echo "DEMO_PORT=$PORT is not a TCP port (1-65535)" >&2
+  exit 2
+fi
 export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$PORT
 PIPELINE=pipelines/fault_tolerant.yaml
 broker="" clicks="" pipeline=""
@@ -15,7 +19,7 @@ cleanup() {
   trap - EXIT INT TERM
   # the runner first (it checkpoints and delivers), then the clicks, then the broker
   stop "$pipeline"; stop "$clicks"; stop "$broker"
-  if [ -e state_store/fault_tolerant/data.mdb ]; then
+  if [ -n "$pipeline" ] && [ -e state_store/fault_tolerant/data.mdb ]; then
     echo "demo stopped; 'make demo' again resumes from the checkpoint in state_store/fault_tolerant"
   else
     echo "demo stopped"
@@ -36,10 +40,11 @@ trap on_interrupt INT TERM
 if (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null; then
   if ! python -c "import sys; from plugins import kafka_common as kc; kc.consumer(sys.argv[1], {}, 'runner-demo-probe').close()" \
     "127.0.0.1:$PORT" 2>/dev/null; then
-    echo "127.0.0.1:$PORT is taken by something that is not a Kafka broker: free it, or run DEMO_PORT=19092 make demo" >&2
+    echo "127.0.0.1:$PORT is taken by something that is not a Kafka broker: free it, or run the demo on" \
+         "another free port (DEMO_PORT=PORT make demo)" >&2
     exit 1
   fi
-  echo "using the Kafka broker already listening on 127.0.0.1:$PORT"
+  echo "using the Kafka broker already listening on 127.0.0.1:$PORT (its topics get the demo's clicks)"
 else
   # in a session of its own: Ctrl+C must not take the broker away before the runner's last checkpoint
   setsid runner broker --port "$PORT" & broker=$!
