@@ -127,6 +127,7 @@ def test_quick_bench_reports_every_figure(broker, tmp_path, capsys):
                   "latency floor", "each third of the", "measured from each record's timestamp, set by", "of which in the runner", "between the source's fetch and the runner's poll",
                   "warm-up", "recovery", "machine:", "kafka-python"):
         assert label in table
+    assert "MISSED" not in table and table.count("(--quick: not judged)") == 6  # a smoke run judges nothing
 
 
 def test_the_median_run_gives_the_figures():
