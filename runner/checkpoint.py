@@ -151,7 +151,8 @@ class Checkpoint:
         by_sink: dict[str, list[Output]] = {}
         for _, out in items:
             for name in out.targets or self.result_sinks:
-                if name in self.sinks and (only is None or name in only):
+                # a sink whose delivery failed gets nothing until its confirmation delivers it all again
+                if name in self.sinks and (name in only if only is not None else name not in self.undelivered):
                     by_sink.setdefault(name, []).append(out)
         failure = None
         for name, outs in by_sink.items():
@@ -216,17 +217,30 @@ class Checkpoint:
             if self.should_stop() or isinstance(failure, BrokenPipeError):  # its reader is gone for good
                 raise Stopped() from failure
             failed = failed or list(failing)
-            self.log(f"[SINK] {', '.join(failing)}: {len(self.unconfirmed)} outputs not confirmed ({failure}); "
+            waiting = sum(1 for _, out in self.unconfirmed if set(out.targets or self.result_sinks) & set(failing))
+            self.log(f"[SINK] {', '.join(failing)}: {waiting} outputs not confirmed ({failure}); "
                      f"processing waits; retrying in {delay:g}s", file=sys.stderr)
             time.sleep(delay)
             delay = min(delay * 2, 10)
-            try:
-                for name in failing:
-                    self.sinks[name].recover()
-                    self.undelivered.pop(name, None)
-                self._hand_over(self.unconfirmed, only=failing)
-            except Exception:
-                continue
+            for name in failing:
+                self._redeliver(name)
+
+    def _redeliver(self, name: str) -> None:
+        """A failing sink's ``recover``, then its unconfirmed outputs again. Until both have
+        succeeded it stays in ``undelivered``: its next flush is not asked (it might confirm
+        what it dropped). A RunnerError from ``recover`` is one that no retry mends."""
+        try:
+            self.sinks[name].recover()
+        except RunnerError:
+            raise
+        except Exception as exc:
+            self.undelivered[name] = exc
+            return
+        self.undelivered.pop(name, None)
+        try:
+            self._hand_over(self.unconfirmed, only=(name,))
+        except Exception:
+            pass  # noted in undelivered by _hand_over
 
 
 def committable(sink, method: str, state):

@@ -338,9 +338,10 @@ class Sink(Component):
         return None
 
     def recover(self) -> None:
-        """Called after a failed ``flush``, before the outputs not yet confirmed are
-        delivered again: forget, or look up, what reached the target since
-        the last successful flush, so that nothing is written twice."""
+        """Called after a failed ``flush`` or ``deliver``, before the outputs not yet
+        confirmed are delivered again: forget, or look up, what reached the target since
+        the last successful flush, so that nothing is written twice, and forget the failure.
+        Raising retries it later (a ``RunnerError`` stops the run instead)."""
 
     def display(self, lines: list[str]) -> None:
         """Console-like sinks (``shows_display``) show display lines (stage reports, DLQ

@@ -144,6 +144,7 @@ class KafkaSink(Sink):
         been committed, when another sink failed)."""
         self.candidate = None
         self.needs_read = True
+        self.failure = None  # a failed deliver's, which the runner did not ask a flush to raise
 
     def close(self) -> None:
         """Close the clients; unacknowledged sends are found by the read-back at the next start."""

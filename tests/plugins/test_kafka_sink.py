@@ -177,6 +177,23 @@ def test_a_send_error_makes_the_next_delivery_read_back_first(broker, topic_fact
     assert sum(state.values()) == 40
 
 
+def test_a_failed_delivery_is_forgotten_by_recover_and_the_redelivery_confirms_at_once(broker, topic_factory):
+    topic = topic_factory(1)
+    sink = make_sink(broker, topic)
+    try:
+        sink.deliver(outputs(range(5)))
+        producer_killed(sink)
+        with pytest.raises(RunnerError):
+            sink.deliver(outputs(range(5, 10)))
+        sink.recover()  # as the runner does after a failed deliver: no flush in between
+        sink.deliver(outputs(range(10)))
+        state = sink.flush()  # the failed delivery's error is not raised again
+    finally:
+        sink.close()
+    assert ids_in(read_topic(broker, topic)) == Counter(f"test/stage/{i}" for i in range(10))
+    assert sum(state.values()) == 10
+
+
 def test_a_flush_that_another_sink_undid_is_read_back(broker, topic_factory):
     """Sink A flushed, sink B failed: the runner calls ``recover`` and redelivers to both."""
     topic = topic_factory(1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from runner.checkpoint import Checkpoint
 from runner.components import Sink
 from runner.outputs import Output
@@ -73,9 +75,10 @@ def test_a_sink_whose_delivery_failed_gets_its_outputs_again_though_its_flush_sa
     checkpoint.commit([], {"offsets": {}}, confirm=True)
 
     assert sorted(sink.durable) == [f"p/s/{n}" for n in range(6)]  # each once: none lost, none twice
-    assert log[0] == "[SINK] out: delivery failed (transient); retrying at its next confirmation"
-    assert log[2:] == ["[SINK] out: 6 outputs not confirmed (transient); processing waits; retrying in 0.5s",
-                       "[SINK] out: confirmed again; processing goes on"]
+    assert sink.calls == 4  # nothing more is handed to it after its third failed, until it recovered
+    assert log == ["[SINK] out: delivery failed (transient); retrying at its next confirmation",
+                   "[SINK] out: 6 outputs not confirmed (transient); processing waits; retrying in 0.5s",
+                   "[SINK] out: confirmed again; processing goes on"]
 
 
 class Screen(Recording):
@@ -98,3 +101,50 @@ def test_a_dead_letters_notice_names_the_stage_that_sent_it():
     checkpoint.commit([Output("p/dlq/t/0/4/w5m", "dlq", "w5m", None, letter, ("dlq",))], {"offsets": {}})
     checkpoint.settle()
     assert screen.shown == ["[LATE ERROR] late: ...\n[DLQ] sent t/0@4 to the dead letter queue (stage w5m)"]
+
+
+class Stubborn(Careless):
+    """Its first flush fails, and so does the first recover after it, having dropped what it held."""
+
+    def __init__(self, recover_error=OSError("still down")):
+        super().__init__()
+        self.flushes = self.recovers = 0
+        self.recover_error = recover_error
+
+    def deliver(self, outputs):
+        self.held += [out.id for out in outputs]
+
+    def flush(self):
+        self.flushes += 1
+        if self.flushes == 1:
+            raise OSError("down")
+        super().flush()
+
+    def recover(self):
+        self.recovers += 1
+        self.held = []
+        if self.recovers == 1:
+            raise self.recover_error
+
+
+def test_a_sink_whose_recover_failed_is_not_confirmed_until_it_is_given_its_outputs_again():
+    careless, stubborn = Careless(), Stubborn()
+    checkpoint = Checkpoint(MemoryStore(), {"a": careless, "b": stubborn}, ("a", "b"), number=0, next_seq=0,
+                            log=lambda line, file=None: None)
+    for n in range(3):  # a's third delivery fails
+        checkpoint.commit([output(n)], {"offsets": {}})
+        checkpoint.settle()
+    checkpoint.commit([], {"offsets": {}}, confirm=True)
+    expected = [f"p/s/{n}" for n in range(3)]
+    assert (sorted(careless.durable), sorted(stubborn.durable)) == (expected, expected)
+
+
+def test_a_runner_error_from_recover_stops_the_confirmation():
+    from runner.components import RunnerError
+
+    checkpoint = Checkpoint(MemoryStore(), {"b": Stubborn(RunnerError("not a regular file"))}, ("b",), number=0,
+                            next_seq=0, log=lambda line, file=None: None)
+    checkpoint.commit([output(0)], {"offsets": {}})
+    checkpoint.settle()
+    with pytest.raises(RunnerError, match="not a regular file"):
+        checkpoint.commit([], {"offsets": {}}, confirm=True)
