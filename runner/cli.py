@@ -78,11 +78,15 @@ def _plugin_commands(pm, sub) -> None:
     """Let each plugin add its commands; one that fails (a name taken, its own error) is
     left out with a warning naming it, and the other commands work."""
     for impl in pm.hook.runner_register_commands.get_hookimpls():
+        names, listed = dict(sub.choices), len(sub._choices_actions)
         try:
             impl.function(*[{"subparsers": sub}[name] for name in impl.argnames])
         except Exception as exc:
             plugins.warn_plugin(f"plugin {pm.get_name(impl.plugin)}: runner_register_commands raised "
-                                   f"{type(exc).__name__}: {exc}: its commands are left out")
+                                f"{type(exc).__name__}: {exc}: its commands are left out")
+            sub.choices.clear()  # and whatever it added before it raised (argparse keeps no other record)
+            sub.choices.update(names)
+            del sub._choices_actions[listed:]
 
 
 def _pipeline_arguments(parser: argparse.ArgumentParser) -> None:

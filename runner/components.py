@@ -221,7 +221,8 @@ class Processor:
 
     def process(self, events: list[Event]) -> list[Event]:
         """Handle a batch of events in order; return those that go on down the chain, as a
-        list of ``Event`` objects (anything else stops the run with an error naming the stage).
+        list of ``Event`` objects (None: none; a list that holds something else, at either
+        end, stops the run with an error naming the stage).
 
         The default calls ``process_one`` for each event and sends an event whose call
         raises to the DLQ as a processing error, after taking back what the call put in

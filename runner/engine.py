@@ -125,20 +125,31 @@ def plugin_failure(component, method: str, exc: Exception) -> RunnerError:
     component retries what may pass on its own, as the Kafka source does."""
     if isinstance(exc, RunnerError):
         return exc
-    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = getattr(sys.modules.get(type(component).__module__), "__file__", None)
+    frame = next((f for f in reversed(frames) if f.filename == own), frames[-1])  # the plugin's line, not a library's
     return RunnerError(f"{component.name} ({component.type}): {method} raised {type(exc).__name__}: {exc} "
                        f"(at {frame.filename}:{frame.lineno})")
 
 
-def _check_passed(proc, events) -> None:
-    """Raise RunnerError if what ``proc.process`` returned is not a list of events (checked
-    by its ends: a stage's bug is systematic, and the check stays off the per-event path)."""
-    if isinstance(events, list) and all(isinstance(event, Event) for event in events[:1] + events[-1:]):
-        return
-    got = type(events).__name__ if not isinstance(events, list) else \
-        f"a list holding {type(next(e for e in events[:1] + events[-1:] if not isinstance(e, Event))).__name__}"
-    raise RunnerError(f"stage {proc.name} ({type(proc).__module__}.{type(proc).__qualname__}.process) returned {got}, "
-                      f"not a list of the Event objects that go on: a bug of the stage's plugin")
+def _passed(proc, events) -> list:
+    """What ``proc.process`` returned, as the list of events that go on (None: none); a
+    RunnerError if it holds something else than events (checked by its ends: a stage's bug
+    is systematic, and the check stays off the per-event path)."""
+    try:
+        events = [] if events is None else list(events)
+    except TypeError:
+        raise RunnerError(f"stage {proc.name} ({_where(proc)}) returned {type(events).__name__}, not a list of the "
+                          f"Event objects that go on: a bug of the stage's plugin") from None
+    wrong = [e for e in events[:1] + events[-1:] if not isinstance(e, Event)]
+    if wrong:
+        raise RunnerError(f"stage {proc.name} ({_where(proc)}) returned a list holding {type(wrong[0]).__name__}, "
+                          f"not a list of the Event objects that go on: a bug of the stage's plugin")
+    return events
+
+
+def _where(proc) -> str:
+    return f"{type(proc).__module__}.{type(proc).__qualname__}.process"
 
 
 class Runner:
@@ -267,9 +278,10 @@ class Runner:
             position = self.positions.get(partition)
             if position is not None and position < offset:
                 self.log(f"WARNING: source {self.source.type} starts {partition} at offset {position}, before the "
-                         f"checkpoint's {offset}: records {position}..{offset - 1} are processed again, unless the "
-                         f"partition's data was lost and they are new ones (a source's open must return the "
-                         f"offsets it is given)", file=sys.stderr)
+                         f"checkpoint's {offset}: its data was lost (a file replaced by a shorter one, a broker "
+                         f"restarted empty), or the source does not start where it is told and records "
+                         f"{position}..{offset - 1} are counted again (a source's open must return the offsets it "
+                         f"is given)", file=sys.stderr)
 
     def _sink_states(self, number: int, outbox: list) -> tuple[dict, list[str], dict]:
         """Each sink's committed state (None: none), the sinks that no run of this state gave
@@ -463,11 +475,12 @@ class Runner:
             records = self.source.poll(timeout)
         except Exception as exc:
             raise plugin_failure(self.source, "poll", exc) from None
-        if records.__class__ is not list:  # any iterable will do
-            records = list(records)
-        if records and not isinstance(records[0], Record):  # checked by the first: a source's mistake is systematic
+        if records.__class__ is not list:  # any iterable will do, and None for none
+            records = [] if records is None else list(records)
+        if records and records[0].__class__ is not Record and not all(hasattr(records[0], f) for f in Record._fields):
+            # checked by the first (a source's mistake is systematic): a Record, or one with its attributes
             raise RunnerError(f"{self.source.name} ({self.source.type}): poll returned {type(records[0]).__name__} "
-                              f"records, not runner.components.Record")
+                              f"records, without the attributes of runner.components.Record")
         return records
 
     def _recheck_ends(self, now: float) -> None:
@@ -570,7 +583,7 @@ class Runner:
             if events:
                 events = proc.process(events)
                 if events.__class__ is not list or (events and not (events[0].__class__ is events[-1].__class__ is Event)):
-                    _check_passed(proc, events)
+                    events = _passed(proc, events)
         if self.tracker is not None:
             self._advance(self.tracker.recompute())
 

@@ -97,11 +97,12 @@ def _register_installed(pm: pluggy.PluginManager) -> dict[str, str]:
     left out with a warning naming it: an installed package's mistake must not take down
     every command (a pipeline that uses one of its components is refused for the unknown
     type, after the warning). Returns each registered plugin's name and description."""
-    installed = {}
+    installed, tried = {}, set()
     for dist in importlib.metadata.distributions():
         for ep in dist.entry_points:
-            if ep.group != "runner" or pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
-                continue
+            if ep.group != "runner" or ep.name in tried or pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+                continue  # a name seen first in an earlier distribution on sys.path shadows the later ones
+            tried.add(ep.name)
             what = f"installed plugin {ep.name} ({ep.value}, of {dist.metadata['Name']} {dist.version})"
             try:
                 pm.register(ep.load(), ep.name)
@@ -147,7 +148,7 @@ def load(extra_modules: list[str] = ()) -> Registry:
                 classes = impl.function() or ()
             except Exception as exc:
                 raise PluginError(f"plugin {origin}: runner_register_{kind} raised {_describe(exc)}", origin) from None
-            if not isinstance(classes, (list, tuple)):
+            if isinstance(classes, (str, bytes, type)) or not hasattr(classes, "__iter__"):
                 raise PluginError(f"plugin {origin}: runner_register_{kind} returned {classes!r}, "
                                   f"not a list of {KINDS[kind].__name__} subclasses", origin)
             for cls in classes:

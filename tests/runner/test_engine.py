@@ -342,9 +342,9 @@ def test_a_source_that_starts_before_the_checkpointed_offset_is_reported(tmp_pat
     events.write_text(json.dumps({"page_url": "/home", "n": 0}) + "\n")  # the file replaced by a shorter one
     assert Runner(config.load(str(path)), until_end=True, log=log).run() == 0
     assert [line for line in lines if line.startswith("WARNING")] == [
-        "WARNING: source file starts events/0 at offset 1, before the checkpoint's 3: records 1..2 are processed "
-        "again, unless the partition's data was lost and they are new ones (a source's open must return the "
-        "offsets it is given)"]
+        "WARNING: source file starts events/0 at offset 1, before the checkpoint's 3: its data was lost (a file "
+        "replaced by a shorter one, a broker restarted empty), or the source does not start where it is told and "
+        "records 1..2 are counted again (a source's open must return the offsets it is given)"]
 
 
 def test_a_start_on_a_drained_state_says_that_every_event_will_be_late(tmp_path):

@@ -95,6 +95,7 @@ def test_every_built_in_config_schema_is_a_valid_declaration():
 def installed(site: Path, name: str, module: str, text: str) -> None:
     """What ``pip install`` of a package with a plugin module leaves behind in ``site``."""
     dist = site / f"{name}-1.0.dist-info"
+    site.mkdir(exist_ok=True)
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(f"[runner]\n{name} = {module}\n")
@@ -126,6 +127,28 @@ def test_plugin_commands_that_fail_are_left_out_and_the_others_work(tmp_path):
     assert proc.returncode == 0 and "state" in proc.stdout
     assert proc.stderr.splitlines() == ["WARNING: plugin takes-run: runner_register_commands raised ArgumentError: "
                                         "argument COMMAND: conflicting subparser: run: its commands are left out"]
+
+
+def test_what_a_failing_command_plugin_added_before_it_raised_is_taken_back(tmp_path):
+    installed(tmp_path, "half", "half_command", (
+        "from runner import hookimpl\n\n@hookimpl\ndef runner_register_commands(subparsers):\n"
+        "    subparsers.add_parser('half', help='half done')\n    raise RuntimeError('oops')\n"))
+    proc = run_cli(tmp_path, "--help")
+    assert proc.returncode == 0 and "half" not in proc.stdout and "validate" in proc.stdout
+    assert proc.stderr == ("WARNING: plugin half: runner_register_commands raised RuntimeError: oops: "
+                           "its commands are left out\n")
+
+
+def test_a_plugin_shadowed_by_a_broken_copy_earlier_on_the_path_is_not_loaded(tmp_path):
+    stage = STAGE.format(cls="Dedup", body='    type = "dedup"\n    config_schema = {"type": "object", '
+                                            '"additionalProperties": False, "properties": {}}')
+    installed(tmp_path / "new", "dedup", "dedup_stage", stage)
+    installed(tmp_path / "old", "dedup", "dedup_old", "raise ImportError('stale')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "old"), str(tmp_path / "new"), str(ROOT)]))
+    proc = subprocess.run([sys.executable, "-m", "runner.cli", "plugins"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "dedup " not in proc.stdout  # not the copy the warning did not name
+    assert proc.stderr.startswith("WARNING: installed plugin dedup (dedup_old, of dedup 1.0) cannot be loaded")
 
 
 def test_two_installed_plugins_of_one_type_are_an_error_of_no_line_of_the_pipeline(tmp_path):

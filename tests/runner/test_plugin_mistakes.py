@@ -25,6 +25,15 @@ class BadLint(Stage):
         return ["something is off"]
 
 
+class WordPath(Stage):
+    type = "word_path"
+    config_schema = obj({}, description="Its lint gives a path as a string.")
+
+    @classmethod
+    def lint(cls, config):
+        return [("limit", "must be > 0")]
+
+
 class BadDump(Stage):
     type = "bad_dump"
     config_schema = obj({}, description="Its dump returns a set.")
@@ -50,8 +59,9 @@ class LockState(Sink):
 
 class Failing(Source):
     type = "failing"
-    config_schema = obj({"tuples": {"type": "boolean", "default": False, "description": "poll returns tuples"}},
-                        description="Its poll raises, or returns plain tuples.")
+    config_schema = obj({"mode": {"enum": ["raise", "library", "tuples"], "default": "raise",
+                                  "description": "what poll does wrong"}},
+                        description="Its poll raises, has a library raise, or returns plain tuples.")
 
     def open(self, offsets):
         return {"t/0": 0}
@@ -60,14 +70,48 @@ class Failing(Source):
         return {"t/0": 1}
 
     def poll(self, timeout):
-        if self.config["tuples"]:
+        if self.config["mode"] == "tuples":
             return [("t", 0, 0, None, None, b"{}")]
+        if self.config["mode"] == "library":
+            import json
+            json.loads("{")
         raise ConnectionError("the service is away")
+
+
+class Quiet(Source):
+    type = "quiet"
+    config_schema = obj({}, description="Its poll returns None, for no records.")
+
+    def open(self, offsets):
+        return {"t/0": 0}
+
+    def end_offsets(self):
+        return {"t/0": 0}
+
+    def poll(self, timeout):
+        return None
+
+
+class Counts(Stage):
+    type = "counts"
+    config_schema = obj({}, description="The last stage: counts and passes nothing on (returns None).")
+
+    def build(self, table, emit):
+        from runner.components import Processor
+
+        class CountsEvents(Processor):
+            def process(self, events):
+                self.table.put(b"n", self.table.get(b"n", 0) + len(events))
+
+        return CountsEvents(self, table, emit)
+
+    def dump(self, table):
+        return {"n": table.get(b"n", 0)}
 
 
 @hookimpl
 def runner_register_stages():
-    return [BadLint, BadDump]
+    return [BadLint, WordPath, BadDump, Counts]
 
 
 @hookimpl
@@ -77,7 +121,7 @@ def runner_register_sinks():
 
 @hookimpl
 def runner_register_sources():
-    return [Failing]
+    return [Failing, Quiet]
 '''
 
 
@@ -99,10 +143,13 @@ def pipeline(tmp_path, monkeypatch):
     sys.modules.pop("mistakes", None)
 
 
-def test_a_lint_that_returns_no_pairs_is_the_plugins_mistake(pipeline, capsys):
-    assert main(["validate", pipeline(stages=[{"type": "bad_lint"}])]) == 2
+@pytest.mark.parametrize("stage, returned", [("BadLint", "['something is off']"),
+                                             ("WordPath", "[('limit', 'must be > 0')]")])
+def test_a_lint_that_returns_no_pairs_is_the_plugins_mistake(pipeline, capsys, stage, returned):
+    kind = {"BadLint": "bad_lint", "WordPath": "word_path"}[stage]
+    assert main(["validate", pipeline(stages=[{"type": kind}])]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        "p.yaml:13: stages[0]: plugin mistakes: mistakes.BadLint.lint returned ['something is off'], "
+        f"p.yaml:13: stages[0]: plugin mistakes: mistakes.{stage}.lint returned {returned}, "
         "not a list of (path, message) pairs"]
 
 
@@ -123,13 +170,22 @@ def test_a_sink_state_that_cannot_be_committed_names_the_sink(pipeline, capsys):
         "TypeError: cannot pickle '_thread.lock' object")
 
 
-@pytest.mark.parametrize("tuples", [False, True])
-def test_a_source_whose_poll_fails_names_it(pipeline, capsys, tuples):
-    path = pipeline(source={"type": "failing", "tuples": tuples})
+@pytest.mark.parametrize("mode", ["raise", "library", "tuples"])
+def test_a_source_whose_poll_fails_names_it(pipeline, capsys, mode):
+    path = pipeline(source={"type": "failing", "mode": mode})
     assert main(["run", path, "--until-end"]) == 1
     error = capsys.readouterr().err.splitlines()[-1]
-    if tuples:
-        assert error == "error: source (failing): poll returned tuple records, not runner.components.Record"
-    else:
-        assert error.startswith("error: source (failing): poll raised ConnectionError: the service is away (at ")
-        assert error.endswith("mistakes.py:55)")
+    if mode == "tuples":
+        assert error == ("error: source (failing): poll returned tuple records, without the attributes of "
+                         "runner.components.Record")
+    else:  # the line is the plugin's, also where a library it called raised
+        raised = "ConnectionError: the service is away" if mode == "raise" else "JSONDecodeError: Expecting"
+        assert error.startswith(f"error: source (failing): poll raised {raised}")
+        assert error.endswith("mistakes.py:68)" if mode == "raise" else "mistakes.py:67)"), error
+
+
+def test_none_from_poll_is_no_records_and_from_a_last_stage_passes_nothing_on(pipeline, capsys):
+    assert main(["run", pipeline(stages=[{"type": "counts"}]), "--until-end"]) == 0
+    assert main(["state", "dump", "p.yaml"]) == 0
+    assert '"n": 1' in capsys.readouterr().out  # the file's good record (the other is a dead letter of the source)
+    assert main(["run", pipeline(source={"type": "quiet"}), "--until-end"]) == 0
