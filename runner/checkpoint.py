@@ -137,7 +137,11 @@ class Checkpoint:
             self.output_closed()
         except Exception:  # confirmed (with retries) in step 1 of a later checkpoint
             for name, exc in self.undelivered.items():
-                if before.get(name) is not exc:
+                if before.get(name) is exc:
+                    continue
+                if isinstance(exc, BrokenPipeError):  # behind another sink's error: its reader is gone all the same
+                    self.output_closed()
+                else:
                     self.log(f"[SINK] {name}: delivery failed ({exc}); retrying at its next confirmation",
                              file=sys.stderr)
         finally:

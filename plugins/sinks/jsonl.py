@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import sys
 
 from runner import hookimpl
@@ -45,9 +46,15 @@ class JsonlSink(Sink):
         try:
             if directory:
                 os.makedirs(directory, exist_ok=True)
-            self.file = open(self.path, "ab")
+            # unbuffered: a write that fails (a full disk) leaves nothing behind in a buffer that
+            # a later cut or write would try to write again
+            self.file = open(self.path, "ab", buffering=0)
         except OSError as exc:
             raise RunnerError(f"cannot write {self.path}: {exc.strerror}") from None
+        if not stat.S_ISREG(os.fstat(self.file.fileno()).st_mode):  # a device or a pipe cannot be cut back
+            self.close()
+            raise RunnerError(f"cannot write {self.path}: not a regular file (a jsonl sink needs a regular file, which it "
+                              f"cuts back to its committed length after a crash)")
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -68,7 +75,10 @@ class JsonlSink(Sink):
                  f"({committed}): was it edited? appending from its end", sys.stderr)
             committed = size
         self.committed = committed
-        self.recover()
+        try:
+            self.recover()
+        except OSError as exc:
+            raise RunnerError(f"cannot write {self.path}: {exc.strerror}") from None
         # where it starts, with this file's path, committed before any output reaches it: a
         # crash before its first confirmation must not find the old file's state
         return self._state() if restated else None
@@ -110,19 +120,17 @@ class JsonlSink(Sink):
         return {"path": self.real, "length": self.committed}
 
     def recover(self):
-        """Cut the file back to its committed length: what follows is in the outbox again."""
-        try:
-            self.file.truncate(self.committed)
-            self.file.seek(self.committed)
-        except OSError as exc:  # a device or a pipe: it cannot be cut back, so no exactly once
-            raise RunnerError(f"cannot write {self.path}: {exc.strerror} (a jsonl sink needs a regular file, "
-                              f"which it cuts back to its committed length after a crash)") from None
+        """Cut the file back to its committed length: what follows is in the outbox again
+        (an OSError here is retried: cutting needs no free space)."""
+        self.file.truncate(self.committed)
+        self.file.seek(self.committed)
         self.failure = None
 
     def deliver(self, outputs):
+        data = memoryview(b"".join(out.value + b"\n" for out in outputs))
         try:
-            self.file.write(b"".join(out.value + b"\n" for out in outputs))
-            self.file.flush()
+            while data:  # an unbuffered write may take part of it
+                data = data[self.file.write(data):]
         except OSError as exc:  # a full disk: part of them may be in the file, and none is confirmed
             self.failure = exc
             raise

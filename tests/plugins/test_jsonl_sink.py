@@ -102,3 +102,43 @@ def test_a_path_that_cannot_be_cut_back_is_a_clear_error(tmp_path):
     with pytest.raises(RunnerError, match="cannot write /dev/full: .*a jsonl sink needs a regular file"):
         sink.open(None)
     sink.close()
+
+
+FILE_SIZE_LIMITED = """
+import resource, signal, sys
+from plugins.sinks.jsonl import JsonlSink
+from runner.checkpoint import Checkpoint
+from runner.components import Context
+from runner.outputs import Output
+from runner.state import MemoryStore
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as on a full disk
+sink = JsonlSink({"path": sys.argv[1]}, Context("p", "out", {}))
+sink.open(None)
+hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+resource.setrlimit(resource.RLIMIT_FSIZE, (20, hard))  # room for two lines of the four
+log = []
+def logged(line, file=None):
+    log.append(line)
+    if "retrying in 1s" in line:  # the second retry: the disk has room again
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+checkpoint = Checkpoint(MemoryStore(), {"out": sink}, ("out",), 0, 0, log=logged)
+checkpoint.commit([Output(f"p/s/{n}", "result", "s", b"k", b'{"n":%d}' % n, None) for n in range(4)], {})
+checkpoint.settle()
+checkpoint.commit([], {}, confirm=True)
+sink.close()
+assert log[-1] == "[SINK] out: confirmed again; processing goes on", log
+"""
+
+
+def test_a_full_disk_is_retried_until_it_has_room_and_each_line_is_written_once(tmp_path):
+    # a real failing write: the process's file size limit, reached as a full disk would be
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "out.jsonl"
+    proc = subprocess.run([sys.executable, "-c", FILE_SIZE_LIMITED, str(path)], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr
+    assert path.read_bytes() == b'{"n":0}\n{"n":1}\n{"n":2}\n{"n":3}\n'

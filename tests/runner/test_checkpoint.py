@@ -148,3 +148,23 @@ def test_a_runner_error_from_recover_stops_the_confirmation():
     checkpoint.settle()
     with pytest.raises(RunnerError, match="not a regular file"):
         checkpoint.commit([], {"offsets": {}}, confirm=True)
+
+
+class Raising(Recording):
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
+    def deliver(self, outputs):
+        raise self.error
+
+
+def test_a_closed_output_behind_another_sinks_failure_stops_the_run_at_once():
+    closed, log = [], []
+    sinks = {"a": Raising(OSError("disk")), "console": Raising(BrokenPipeError())}  # a fails first
+    checkpoint = Checkpoint(MemoryStore(), sinks, ("a", "console"), number=0, next_seq=0,
+                            log=lambda line, file=None: log.append(line), output_closed=lambda: closed.append(1))
+    checkpoint.commit([output(0)], {"offsets": {}})
+    checkpoint.settle()
+    assert closed == [1]
+    assert log == ["[SINK] a: delivery failed (disk); retrying at its next confirmation"]
