@@ -159,8 +159,10 @@ class Source(Component):
         return True
 
     def lost(self) -> dict[str, tuple[int, int]]:
-        """Called after every poll: partitions the source moved back on its own since the
-        last call, because the broker lost their data, as ``{partition: (position, end)}``.
+        """Called after ``open`` and after every poll: partitions the source moved back on
+        its own since the last call, because the broker lost their data, as ``{partition:
+        (position, end)}`` (after ``open``: those it started before their stored offset, and
+        said so).
         The runner goes on from ``position``; a bounded run then stops at ``end``."""
         return {}
 

@@ -208,7 +208,7 @@ class Runner:
             self.positions = dict(self.source.open(dict(stored_offsets)))
         except Exception as exc:
             raise plugin_failure(self.source, "open", exc) from None
-        self._check_positions(stored_offsets)
+        self._check_positions(stored_offsets, reported=self.source.lost())
         self.stop = self.source.end_offsets() if self.bounded else None
         self._started_at = {p: min(self.positions.get(p, 0), end) for p, end in (self.stop or {}).items()}
 
@@ -271,12 +271,13 @@ class Runner:
         self.checkpoint.redeliver()
         self._report_start(number, stored_offsets, len(outbox), (time.perf_counter() - started) * 1000)
 
-    def _check_positions(self, stored: dict) -> None:
-        """Say so where the source starts a partition before its checkpointed offset: a
-        source whose ``open`` ignores the offsets it is given would count records twice."""
+    def _check_positions(self, stored: dict, reported: dict) -> None:
+        """Say so where the source starts a partition before its checkpointed offset, unless
+        it ``reported`` the partition's data lost: a source whose ``open`` ignores the offsets
+        it is given would count records twice."""
         for partition, offset in sorted(stored.items()):
             position = self.positions.get(partition)
-            if position is not None and position < offset:
+            if position is not None and position < offset and partition not in reported:
                 self.log(f"WARNING: source {self.source.type} starts {partition} at offset {position}, before the "
                          f"checkpoint's {offset}: its data was lost (a file replaced by a shorter one, a broker "
                          f"restarted empty), or the source does not start where it is told and records "

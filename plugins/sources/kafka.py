@@ -65,6 +65,7 @@ class KafkaSource(Source):
         settings = dict(CONSUMER, auto_offset_reset=cfg["auto_offset_reset"])
         # started first: it starts up while this process looks the start offsets up and reads
         self.reader = Reader(self.servers, self.options, self.client_id, settings)
+        self.rewound: dict = {}  # partition -> (new position, end) after a reset, for lost()
         try:
             consumer = kc.consumer(self.servers, self.options, self.client_id, **settings)
             self.local = LocalReader(consumer)
@@ -77,7 +78,6 @@ class KafkaSource(Source):
         self.down = False
         self.last_check = time.monotonic()
         self.suspects: dict = {}  # partition -> its position, seen beyond its end at the last check
-        self.rewound: dict = {}  # partition -> (new position, end) after a reset, for lost()
         return positions
 
     def _start_positions(self, client, offsets: dict[str, int]) -> dict[str, int]:
@@ -98,6 +98,7 @@ class KafkaSource(Source):
             if offset is not None and offset > ends[tp]:
                 kc.warn(f"WARNING: stored offset {offset} of {name} is beyond its end {ends[tp]} "
                         f"(was the broker restarted empty?): starting from {reset} per auto_offset_reset")
+                self.rewound[name] = (starts[tp] if reset == "earliest" else ends[tp], ends[tp])  # said: see lost()
                 offset = None
             elif offset is not None and offset < starts[tp]:
                 kc.warn(f"WARNING: stored offset {offset} of {name} is before its start {starts[tp]} "
