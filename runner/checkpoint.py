@@ -55,11 +55,11 @@ class Checkpoint:
         self.in_sink = False  # waiting on a sink: a stop must interrupt it (see Runner._on_signal)
         self.confirmed_at = time.monotonic()
 
-    def restore(self, outbox: list[tuple[int, tuple]], renames: dict) -> None:
+    def restore(self, outbox: list[tuple[int, Output]], renames: dict) -> None:
         """On start: take the restored outbox, to ``redeliver``. An output meant for a sink
         renamed since (``renames``: {old: new}) is meant for its new name, and is written so
         in the next checkpoint, which also records the new names."""
-        self.restored = [(seq, Output.from_tuple(item)) for seq, item in outbox]
+        self.restored = list(outbox)
         for seq, out in self.restored:
             if out.targets and any(name in renames for name in out.targets):
                 out.targets = tuple(renames.get(name, name) for name in out.targets)

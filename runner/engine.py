@@ -220,10 +220,11 @@ class Runner:
         self.windowed = [self.processors[i] for i in windowed]
 
         self.sinks = build_sinks(self.pipeline)
+        self.result_sinks = tuple(d["name"] for d in s["sinks"])  # where a result without ``to:`` goes
         formatters = {st.name: st.format_result for st in self.stages}
         for sink in self.sinks.values():
             sink.context.formatters = formatters
-        outbox = self.store.outbox()
+        outbox = [(seq, Output.from_tuple(item)) for seq, item in self.store.outbox()]  # read once, for all below
         sink_states, new, renames = self._sink_states(number, outbox)
         restated = []  # sinks that start from another state than the stored one (see Sink.open)
         for name, sink in self.sinks.items():
@@ -239,7 +240,7 @@ class Runner:
                 sink_states[name] = committable(self.sinks[name], "fresh_start", self.sinks[name].fresh_start())
         self.meta_fixed["sink_types"] = {name: sink.type for name, sink in self.sinks.items()}
         next_seq = outbox[-1][0] + 1 if outbox else 0
-        self.checkpoint = Checkpoint(self.store, self.sinks, tuple(d["name"] for d in s["sinks"]), number,
+        self.checkpoint = Checkpoint(self.store, self.sinks, self.result_sinks, number,
                                      next_seq, should_stop=lambda: self.stop_requested, log=self.log,
                                      output_closed=self._output_closed)
         self.checkpoint.sink_states = dict(sink_states)
@@ -286,7 +287,8 @@ class Runner:
 
     def _sink_states(self, number: int, outbox: list) -> tuple[dict, list[str], dict]:
         """Each sink's committed state (None: none), the sinks that no run of this state gave
-        anything (see ``Sink.fresh_start``), and the renames {old name: new name}.
+        anything (see ``Sink.fresh_start``), and the renames {old name: new name}; ``outbox``
+        is the stored one, as (seq, Output).
 
         A sink is known by name and type (meta "sink_types"; a state of an older runner
         knows names only): one of another type under a name starts without the old one's
@@ -325,7 +327,7 @@ class Runner:
         for name, sink in self.sinks.items():
             sink.context.fresh_state = number == 0
             sink.context.nothing_waiting = name in new or name not in waiting
-        lost = [out for out in map(Output.from_tuple, (item for _, item in outbox)) if out.kind == "result"
+        lost = [out for _, out in outbox if out.kind == "result"
                 and any(target in gone and target not in renames for target in out.targets or gone)]
         if lost:
             names = sorted(set(gone) - set(renames))
@@ -336,11 +338,9 @@ class Runner:
 
     def _waiting(self, outbox: list, renames: dict) -> set:
         """The sinks that outputs of the outbox are for (after ``renames``)."""
-        results = tuple(d["name"] for d in self.settings["sinks"])
         names = set()
-        for _, item in outbox:
-            out = Output.from_tuple(item)
-            names.update(renames.get(name, name) for name in out.targets or results)
+        for _, out in outbox:
+            names.update(renames.get(name, name) for name in out.targets or self.result_sinks)
         return names
 
     def _renames(self, types: dict | None, gone: dict, known: dict) -> dict:
