@@ -14,7 +14,6 @@ errors in words is ``runner.schema_errors``'s.
 from __future__ import annotations
 
 import copy
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Iterator, NamedTuple
 
@@ -240,13 +239,14 @@ def _schema_findings(schema: dict, instance: Any, base: tuple) -> list[Finding]:
 def _lint(cls, config: dict, path: tuple, registry: plugins.Registry) -> list[Finding]:
     """The component's own findings (``Component.lint``); what is not a list of (path, message)
     pairs is a mistake of its plugin, said as one."""
-    problems = cls.lint(config)
-    problems = list(problems) if isinstance(problems, (list, tuple)) or inspect.isgenerator(problems) else problems
-    if isinstance(problems, list) and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], (tuple, list))
-                                          and isinstance(p[1], str) for p in problems):
+    returned = cls.lint(config)
+    problems = plugins.as_list(returned)
+    if problems is not None and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], (tuple, list))
+                                    and isinstance(p[1], str) for p in problems):
         return [Finding(path + tuple(at), message) for at, message in problems]
     where = f"plugin {registry.origins.get(cls, cls.__module__)}: {cls.__module__}.{cls.__qualname__}.lint"
-    return [Finding(path, f"{where} returned {problems!r}, not a list of (path, message) pairs")]
+    return [Finding(path, f"{where} returned {problems if problems is not None else returned!r}, "
+                          f"not a list of (path, message) pairs")]
 
 
 def _plugin_modules(data: dict) -> list[str]:

@@ -13,6 +13,7 @@ import pluggy
 
 from runner import hookspecs
 from runner.components import ConfigError, Sink, Source, Stage
+from runner.display import show
 
 BUILTINS = (
     "plugins.sources.kafka",
@@ -117,7 +118,7 @@ def warn_plugin(line: str) -> None:
     """A warning about a plugin that is left out, on stderr, once a process."""
     if line not in _WARNED:
         _WARNED.add(line)
-        print(f"WARNING: {line}", file=sys.stderr)
+        show(f"WARNING: {line}", sys.stderr)
 
 
 def _describe(exc: BaseException) -> str:
@@ -148,12 +149,21 @@ def load(extra_modules: list[str] = ()) -> Registry:
                 classes = impl.function() or ()
             except Exception as exc:
                 raise PluginError(f"plugin {origin}: runner_register_{kind} raised {_describe(exc)}", origin) from None
-            if isinstance(classes, (str, bytes, type)) or not hasattr(classes, "__iter__"):
+            listed = as_list(classes)
+            if listed is None:
                 raise PluginError(f"plugin {origin}: runner_register_{kind} returned {classes!r}, "
                                   f"not a list of {KINDS[kind].__name__} subclasses", origin)
-            for cls in classes:
+            for cls in listed:
                 _add(registry, kind, base, cls, origin)
     return registry
+
+
+def as_list(value) -> list | None:
+    """What a plugin returned as a list (a list, a tuple, a generator...), or None when it is
+    not one (a string, a single class or object)."""
+    if isinstance(value, (str, bytes, type)) or not hasattr(value, "__iter__"):
+        return None
+    return list(value)
 
 
 def _declaration_problems(schema: dict) -> list[str]:
