@@ -130,47 +130,39 @@ class Checkpoint:
             return
         self.unconfirmed.extend(items)
         self.in_sink = True
-        before = dict(self.undelivered)
         try:
-            self._hand_over(items)
-        except BrokenPipeError:
-            self.output_closed()
-        except Exception:  # confirmed (with retries) in step 1 of a later checkpoint
-            for name, exc in self.undelivered.items():
-                if before.get(name) is exc:
-                    continue
-                if isinstance(exc, BrokenPipeError):  # behind another sink's error: its reader is gone all the same
-                    self.output_closed()
-                else:
-                    self.log(f"[SINK] {name}: delivery failed ({exc}); retrying at its next confirmation",
-                             file=sys.stderr)
+            failures = self._hand_over(items)
         finally:
             self.in_sink = False
+        for name, exc in failures.items():  # confirmed (with retries) in step 1 of a later checkpoint
+            if isinstance(exc, BrokenPipeError):  # its reader is gone for good
+                self.output_closed()
+            else:
+                self.log(f"[SINK] {name}: delivery failed ({exc}); retrying at its next confirmation",
+                         file=sys.stderr)
 
-    def _hand_over(self, items: list[tuple[int, Output]], only=None) -> None:
+    def _hand_over(self, items: list[tuple[int, Output]], only=None) -> dict[str, Exception]:
         """Deliver ``items`` to their sinks (with ``only``: to those of these sink names). A
         sink that raises does not keep the others from theirs: it is noted in ``undelivered``,
         its next confirmation fails whatever its flush says, and only the sinks whose
-        confirmation fails are given their outputs again. Raises the first error."""
+        confirmation fails are given their outputs again. Returns the errors, by sink name."""
         by_sink: dict[str, list[Output]] = {}
         for _, out in items:
             for name in out.targets or self.result_sinks:
                 # a sink whose delivery failed gets nothing until its confirmation delivers it all again
                 if name in self.sinks and (name in only if only is not None else name not in self.undelivered):
                     by_sink.setdefault(name, []).append(out)
-        failure = None
+        failures = {}
         for name, outs in by_sink.items():
             try:
                 self.sinks[name].deliver(outs)
             except Exception as exc:
-                self.undelivered[name] = exc
-                failure = failure or exc
+                self.undelivered[name] = failures[name] = exc
         if self.displays and only is None:
             notices = [_notice(out) for _, out in items if out.kind == "dlq"]
             if notices:
                 self.display(notices)
-        if failure is not None:
-            raise failure
+        return failures
 
     def display(self, lines: list[str]) -> None:
         """Show ``lines`` (stage reports, dead-letter notices) on every sink that shows them."""
@@ -241,10 +233,7 @@ class Checkpoint:
             self.undelivered[name] = exc
             return
         self.undelivered.pop(name, None)
-        try:
-            self._hand_over(self.unconfirmed, only=(name,))
-        except Exception:
-            pass  # noted in undelivered by _hand_over
+        self._hand_over(self.unconfirmed, only=(name,))  # a failure is noted in undelivered
 
 
 def committable(sink, method: str, state):
