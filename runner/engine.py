@@ -270,6 +270,7 @@ class Runner:
             self._commit()  # the sinks' new states on disk before the outbox reaches them
             self.checkpoint.settle()
         self.checkpoint.redeliver()
+        self.opened = True  # before the start line: a stop asked for once it is out is a clean one
         self._report_start(number, stored_offsets, len(outbox), (time.perf_counter() - started) * 1000)
 
     def _check_positions(self, stored: dict, reported: dict) -> None:
@@ -388,7 +389,6 @@ class Runner:
                 for signum in signals.take():  # came while the command started
                     self._on_signal(signum, None)
                 self._open()
-                self.opened = True
                 # Fewer young collections, so fewer objects reach the old generations and full
                 # collections (28-ms pauses) stop: over 200k events of fault_tolerant the
                 # collector's time fell from 140 to 13 ms. The thresholds are restored at the end.
