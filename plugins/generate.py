@@ -219,11 +219,8 @@ def _producer(servers: str):
         "max_block_ms": 10_000,
         "request_timeout_ms": 15_000,
         "delivery_timeout_ms": 45_000,
+        "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
     }
-    if "bootstrap_timeout_ms" in KafkaProducer.DEFAULT_CONFIG:  # kafka-python >= 3
-        config["bootstrap_timeout_ms"] = BOOTSTRAP_TIMEOUT_MS
-    else:
-        config["api_version_auto_timeout_ms"] = BOOTSTRAP_TIMEOUT_MS
     return KafkaProducer(**config)
 
 

@@ -132,9 +132,9 @@ class Source(Component):
         from the last checkpoint (empty on a first run). Assign every partition and
         return the position of every partition: the offset given, where there is one (a
         position before it is reported at start, as records would be counted twice). A
-        partition without a stored offset, or
-        whose stored offset lies beyond its end, starts where ``auto_offset_reset`` says;
-        the second case must be reported loudly, never waited on.
+        partition without a stored offset, or whose stored offset lies beyond its end,
+        starts where the source's own configuration says (the Kafka source's
+        ``auto_offset_reset``); the second case must be reported loudly, never waited on.
         Raising ``RunnerError`` stops the runner with exit 1 (e.g. no broker).
         """
         raise NotImplementedError
@@ -154,8 +154,11 @@ class Source(Component):
         raise NotImplementedError
 
     def caught_up(self, partition: str) -> bool:
-        """True when the partition's position equals its end at the last fetch (used
-        for idle partitions in unbounded runs)."""
+        """True when the partition's position equals its end at the last fetch. An
+        unbounded run lets a caught-up partition that has had no event for ``idle_timeout``
+        stop holding the watermark back: the default, always True, suits a source whose
+        records are all there at once (a file); a source that waits for new input must
+        tell."""
         return True
 
     def lost(self) -> dict[str, tuple[int, int]]:
@@ -277,8 +280,9 @@ class Processor:
         return event
 
     def advance(self, watermark: float) -> None:
-        """Window stages only: the pipeline watermark is now ``watermark`` (ms, or
-        ``math.inf`` when draining); emit and forget every window that is final."""
+        """Window stages only: the pipeline watermark is now ``watermark`` (ms; ``-math.inf``
+        before any event, ``math.inf`` when draining); emit and forget every window that is
+        final."""
 
     def report(self) -> list[str]:
         """Display lines for the console (not results: never written to other sinks)."""

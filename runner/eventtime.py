@@ -9,7 +9,6 @@ depends on how partitions interleave.
 from __future__ import annotations
 
 import math
-import time
 
 from runner.components import Context, Event, ProcessingError
 
@@ -65,11 +64,11 @@ class EventTime:
                 self.idle.discard(p)
                 self.high[p] = max(self.high[p], self.watermark + self.grace)
 
-    def update_idle(self, caught_up, now: float | None = None) -> None:
-        """Unbounded runs: leave out partitions caught up and silent for ``idle_timeout``."""
+    def update_idle(self, caught_up, now: float) -> None:
+        """Unbounded runs: leave out partitions caught up and silent for ``idle_timeout``
+        (``now``: ``time.monotonic()``)."""
         if not self.idle_timeout:
             return
-        now = time.monotonic() if now is None else now
         for p in self.high:
             last = self._last_seen.setdefault(p, now)
             if p not in self.idle and now - last >= self.idle_timeout and caught_up(p):

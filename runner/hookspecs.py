@@ -9,6 +9,13 @@ Components are classes. Each carries ``type`` (the name users write in YAML) and
 ``config_schema`` (a JSON Schema of its YAML keys); see ``runner.components`` for the
 base classes and what each method promises. Two plugins that register one ``type``
 is an error that names both.
+
+The runner calls each plugin's register hook itself, one plugin at a time, so that a
+mistake is reported as that plugin's: an exception raised there, or a returned value that
+is not a list of component classes, is an error naming the plugin (for an installed plugin,
+of every pipeline; for a module under ``plugins:``, of that line of the pipeline), except
+in ``runner_register_commands``, whose plugin is left out with a warning. pluggy's ordering
+options (``tryfirst``, ``trylast``, hook wrappers) have no effect on these hooks.
 """
 
 import pluggy
@@ -18,7 +25,8 @@ hookspec = pluggy.HookspecMarker("runner")
 
 @hookspec
 def runner_register_sources():
-    """Called once when the plugin manager is built.
+    """Called each time a pipeline is loaded (``run``, ``validate``, ``state``) and by
+    ``runner plugins``, on every registered plugin in turn.
 
     Return a list of ``runner.components.Source`` subclasses (or None).
     """
@@ -26,7 +34,8 @@ def runner_register_sources():
 
 @hookspec
 def runner_register_stages():
-    """Called once when the plugin manager is built.
+    """Called each time a pipeline is loaded (``run``, ``validate``, ``state``) and by
+    ``runner plugins``, on every registered plugin in turn.
 
     Return a list of ``runner.components.Stage`` subclasses (or None).
     """
@@ -34,7 +43,8 @@ def runner_register_stages():
 
 @hookspec
 def runner_register_sinks():
-    """Called once when the plugin manager is built.
+    """Called each time a pipeline is loaded (``run``, ``validate``, ``state``) and by
+    ``runner plugins``, on every registered plugin in turn.
 
     Return a list of ``runner.components.Sink`` subclasses (or None). A sink type also
     serves as a dead letter queue type (``dlq: {type: ...}``).

@@ -14,6 +14,7 @@ confirmed yet, so they are delivered again on the next run).
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ class Driver:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         settings = pipeline if isinstance(pipeline, dict) else yaml.safe_load(Path(pipeline).read_text())
-        settings = dict(settings)
+        settings = copy.deepcopy(settings)  # the caller's pipeline stays as it was
         self.events_path = self.workdir / "events.jsonl"
         self.results_path = self.workdir / "results.jsonl"
         self.dlq_path = self.workdir / "dlq.jsonl"

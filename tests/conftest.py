@@ -1,5 +1,5 @@
 """Fixtures for the whole suite: one embedded Kafka-compatible broker per test session (per worker
-under pytest-xdist, as `make test` runs it)."""
+under pytest-xdist, as `make test` runs it), and the machine's PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from plugins import broker as embedded
+from tests.faults import POSTGRES_DSN
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +30,18 @@ def topic_factory(broker):
         return name
 
     return make
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn():
+    """The DSN of the test server, after checking that it answers (a failure, never a skip)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(POSTGRES_DSN, connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        pytest.fail(f"PostgreSQL does not answer at {POSTGRES_DSN}: {' '.join(str(exc).split())}\n"
+                    f"start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+                    pytrace=False)
+    yield POSTGRES_DSN

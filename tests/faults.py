@@ -26,6 +26,7 @@ from runner.state import LmdbStore
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
+POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"  # the machine's server (see tests/conftest.py)
 REL = 1e-9  # CONTRACT section 7: numbers are equal when they agree to a relative 1e-9
 
 

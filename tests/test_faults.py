@@ -18,7 +18,6 @@ import pytest
 from plugins.clickstream import ClickGenerator
 from runner.state import FORMAT, LmdbStore
 from tests import e2e, faults
-from tests.plugins.conftest import POSTGRES_DSN
 
 TOPIC = "events"
 
@@ -47,15 +46,8 @@ def own_broker():
 
 
 @pytest.fixture
-def postgres():
+def postgres(postgres_dsn):
     """``table() -> name``: fresh table names (dropped afterwards) on the test server, which must answer."""
-    import psycopg
-
-    try:
-        with psycopg.connect(POSTGRES_DSN, connect_timeout=5) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        pytest.fail(f"PostgreSQL does not answer at {POSTGRES_DSN}: {exc}", pytrace=False)
     made = []
 
     def table() -> str:
@@ -63,7 +55,7 @@ def postgres():
         return made[-1]
 
     yield table
-    faults.drop_tables(POSTGRES_DSN, made)
+    faults.drop_tables(faults.POSTGRES_DSN, made)
 
 
 @pytest.fixture
@@ -202,7 +194,7 @@ def pg_pipeline(workdir: Path, events: Path, dsn: str, table: str) -> str:
 
 
 def rows_by_id(table: str) -> dict:
-    rows = faults.pg_rows(POSTGRES_DSN, table)
+    rows = faults.pg_rows(faults.POSTGRES_DSN, table)
     found = faults.by_id(rows)
     assert len(found) == len(rows)  # the primary key says so; checked all the same
     return found
@@ -218,7 +210,7 @@ def pg_case(postgres, pg_proxy, tmp_path):
     clean_dir.mkdir()
     (clean_dir / "events.jsonl").write_bytes(b"".join(lines))
     clean_table = postgres()
-    clean = e2e.run("run", pg_pipeline(clean_dir, clean_dir / "events.jsonl", POSTGRES_DSN, clean_table), "--until-end")
+    clean = e2e.run("run", pg_pipeline(clean_dir, clean_dir / "events.jsonl", faults.POSTGRES_DSN, clean_table), "--until-end")
     assert clean.returncode == 0, clean.stderr[-3000:]
     want = rows_by_id(clean_table)
     assert len(want) > 100
@@ -238,7 +230,7 @@ def _start_with_the_first_half(case, runners):
     run = runners("run", case["pipeline"])
     first_lines = case["first"].count(b"\n")
     assert faults.wait_until(lambda: faults.stored(case["state"])["offsets"].get("clicks/0") == first_lines
-                             and faults.pg_rows(POSTGRES_DSN, case["table"]), 60), run.stderr[-3000:]
+                             and faults.pg_rows(faults.POSTGRES_DSN, case["table"]), 60), run.stderr[-3000:]
     return run
 
 

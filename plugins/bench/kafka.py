@@ -20,6 +20,7 @@ from plugins import broker
 from plugins import kafka_common as kc
 from plugins.bench.common import Latencies, Progress, say, stop_if_interrupted
 from plugins.clickstream import DEFAULT_START_MS, ClickGenerator
+from plugins.sources.kafka import CONSUMER as KAFKA_SOURCE
 from runner.components import RunnerError
 
 SEED = 7
@@ -121,8 +122,7 @@ def fill(bootstrap: str, topic: str, events: int) -> dict:
 def _reader(bootstrap: str, client_id: str, topic: str, partitions: int):
     """A consumer with the Kafka source's settings, every partition assigned from the start."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id=client_id, group_id=None,
-                             enable_auto_commit=False, max_poll_records=2000,
-                             max_partition_fetch_bytes=4 << 20, fetch_max_wait_ms=20)
+                             enable_auto_commit=False, **KAFKA_SOURCE)
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)

@@ -6,23 +6,6 @@ import uuid
 
 import pytest
 
-POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-@pytest.fixture(scope="session")
-def postgres_dsn():
-    """The DSN of the test server, after checking that it answers (a failure, never a skip)."""
-    import psycopg
-
-    try:
-        with psycopg.connect(POSTGRES_DSN, connect_timeout=5) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        pytest.fail(f"PostgreSQL does not answer at {POSTGRES_DSN}: {' '.join(str(exc).split())}\n"
-                    f"start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
-                    pytrace=False)
-    yield POSTGRES_DSN
-
 
 @pytest.fixture
 def pg_table(postgres_dsn):

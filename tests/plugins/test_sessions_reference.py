@@ -7,7 +7,6 @@ way CONTRACT 6 states the result; the runner merges them incrementally. One part
 
 from __future__ import annotations
 
-import copy
 import json
 import tempfile
 from pathlib import Path
@@ -42,7 +41,7 @@ def session_pipelines(draw):
 
 
 def run(pipeline: dict, tmp: str) -> Driver:
-    return Driver(copy.deepcopy(pipeline), tmp)
+    return Driver(pipeline, tmp)
 
 
 # --- 1. a drained run equals the reference --------------------------------------------------------
@@ -155,7 +154,7 @@ def test_sessions_worked_example_through_the_driver(tmp_path):
     example = Path(__file__).resolve().parents[3] / "shared" / "examples" / "sessions"
     pipeline = yaml.safe_load((example / "pipeline.yaml").read_text())
     raw = [line.encode() for line in (example / "events.jsonl").read_text().splitlines()]
-    out = Driver(copy.deepcopy(pipeline), tmp_path).run(raw, drain=True)
+    out = Driver(pipeline, tmp_path).run(raw, drain=True)
     ref = reference.expected(pipeline, raw)
     reference.assert_matches(ref, out)
     want = [json.loads(line) for line in (example / "expected_results.jsonl").read_text().splitlines()]
