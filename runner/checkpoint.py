@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import sys
+import threading
 import time
 from collections import deque
 
@@ -13,6 +14,9 @@ from runner.state import Store
 
 
 CONFIRM_EVERY_S = 1.0
+# a sink's deliver, flush or recover that has not returned for this long is said on stderr,
+# and again each time as long again (see SinkWatch)
+SLOW_SINK_S = 30.0
 
 
 class Stopped(BaseException):
@@ -53,6 +57,8 @@ class Checkpoint:
         # last_ms; write: (ms writing it, time.time() synced) or None where commit wrote it)
         self.on_durable = None
         self.in_sink = False  # waiting on a sink: a stop must interrupt it (see Runner._on_signal)
+        # (sink name, method, time.monotonic() of the call) while a sink's method runs
+        self.calling: tuple[str, str, float] | None = None
         self.confirmed_at = time.monotonic()
 
     def restore(self, outbox: list[tuple[int, Output]], renames: dict) -> None:
@@ -155,7 +161,7 @@ class Checkpoint:
         failures = {}
         for name, outs in by_sink.items():
             try:
-                self.sinks[name].deliver(outs)
+                self._call(name, "deliver", outs)
             except Exception as exc:
                 self.undelivered[name] = failures[name] = exc
         if self.displays and only is None:
@@ -163,6 +169,14 @@ class Checkpoint:
             if notices:
                 self.display(notices)
         return failures
+
+    def _call(self, name: str, method: str, *args):
+        """The sink's ``method``; while it runs, ``calling`` says which, for ``SinkWatch``."""
+        self.calling = (name, method, time.monotonic())
+        try:
+            return getattr(self.sinks[name], method)(*args)
+        finally:
+            self.calling = None
 
     def display(self, lines: list[str]) -> None:
         """Show ``lines`` (stage reports, dead-letter notices) on every sink that shows them."""
@@ -197,7 +211,7 @@ class Checkpoint:
                 try:
                     if name in self.undelivered:  # it may not hold all of its outputs: a flush cannot tell
                         raise self.undelivered[name]
-                    state = self.sinks[name].flush()
+                    state = self._call(name, "flush")
                 except BrokenPipeError as exc:
                     failure = failure or exc
                     self.output_closed()
@@ -226,7 +240,7 @@ class Checkpoint:
         succeeded it stays in ``undelivered``: its next flush is not asked (it might confirm
         what it dropped). A RunnerError from ``recover`` is one that no retry mends."""
         try:
-            self.sinks[name].recover()
+            self._call(name, "recover")
         except RunnerError:
             raise
         except Exception as exc:
@@ -234,6 +248,42 @@ class Checkpoint:
             return
         self.undelivered.pop(name, None)
         self._hand_over(self.unconfirmed, only=(name,))  # a failure is noted in undelivered
+
+
+class SinkWatch:
+    """Says on stderr when a sink's method has not returned for ``SLOW_SINK_S`` s, and again
+    every ``SLOW_SINK_S`` s while it has not: a sink that hangs without raising (a database
+    connection that stops answering) would otherwise stop the pipeline without a word. The
+    processing waits for it; a stop signal still stops the run (``Runner._on_signal``).
+    A thread of its own that wakes once a second, from ``start`` to ``stop``."""
+
+    def __init__(self, checkpoint, log):
+        self.checkpoint = checkpoint  # () -> the Checkpoint, or None before there is one
+        self.log = log
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="sink-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        said = None  # the call last said, and how long it had run then
+        while not self._stop.wait(min(1.0, SLOW_SINK_S)):
+            checkpoint = self.checkpoint()
+            calling = checkpoint.calling if checkpoint is not None else None
+            if calling is None:
+                continue
+            name, method, since = calling
+            waited = time.monotonic() - since
+            if waited >= SLOW_SINK_S and (said is None or said[0] is not calling or waited - said[1] >= SLOW_SINK_S):
+                said = (calling, waited)
+                self.log(f"[SINK] {name}: its {method} has not returned for {waited:.0f} s; processing waits "
+                         f"(a stop signal stops the run, and what is not confirmed stays in the outbox)",
+                         file=sys.stderr)
 
 
 def committable(sink, method: str, state):

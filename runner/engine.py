@@ -12,7 +12,7 @@ from itertools import groupby
 from operator import attrgetter
 
 from runner import signals, yamldoc
-from runner.checkpoint import Checkpoint, Stopped, committable
+from runner.checkpoint import Checkpoint, SinkWatch, Stopped, committable
 from runner.codec import DecodeError, decode
 from runner.components import NO_RECORD, Context, Event, Record, RunnerError
 from runner.display import show
@@ -384,6 +384,8 @@ class Runner:
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in signals.STOPS}
         thresholds = gc.get_threshold()
+        watch = SinkWatch(lambda: getattr(self, "checkpoint", None), self.log)
+        watch.start()
         try:
             try:
                 for signum in signals.take():  # came while the command started
@@ -413,6 +415,7 @@ class Runner:
                 raise
             self._close()
         finally:
+            watch.stop()
             gc.set_threshold(*thresholds)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

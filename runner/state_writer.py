@@ -103,7 +103,7 @@ class Writer(Helper):
         return f"the state writer process of {self.path} {what}: is the disk stuck? the last checkpoint on disk stands"
 
     def _gone(self) -> str:
-        return (f"the state writer process of {self.path} ended unexpectedly (exit status {self.exit_status()}); "
+        return (f"the state writer process of {self.path} ended unexpectedly ({self.how_it_ended()}); "
                 f"the last checkpoint on disk stands: run the pipeline again to go on from it")
 
 

@@ -58,7 +58,7 @@ class RemoteProducer(Helper):
         self.close(timeout=wait + ANSWER_MARGIN_S, message=("stop", wait))
 
     def _gone(self) -> str:
-        return f"the Kafka producer process of {self.servers} ended unexpectedly (exit status {self.exit_status()})"
+        return f"the Kafka producer process of {self.servers} ended unexpectedly ({self.how_it_ended()})"
 
 
 # --- the child ---------------------------------------------------------------------------

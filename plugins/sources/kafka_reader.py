@@ -154,8 +154,9 @@ class Reader(Helper):
         return records_of(message[2]), message[3], message[4]
 
     def _gone(self) -> str:
-        return (f"the Kafka reader process of {self.servers} ended unexpectedly "
-                f"(exit status {self.exit_status()}); see its messages above")
+        # what it said before it exited is above; a killed one said nothing
+        return (f"the Kafka reader process of {self.servers} ended unexpectedly ({self.how_it_ended()})"
+                + ("" if self.killed() else "; see its messages above"))
 
     def _receive(self):
         try:

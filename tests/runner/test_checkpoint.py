@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import sys
 
+import pytest
+import yaml
+
+from runner import checkpoint as checkpoint_module
 from runner.checkpoint import Checkpoint
+from runner.cli import main
 from runner.components import Sink
 from runner.outputs import Output
 from runner.state import MemoryStore
@@ -168,3 +173,55 @@ def test_a_closed_output_behind_another_sinks_failure_stops_the_run_at_once():
     checkpoint.settle()
     assert closed == [1]
     assert log == ["[SINK] a: delivery failed (disk); retrying at its next confirmation"]
+
+
+SLOW_MODULE = '''
+import time
+
+from runner import hookimpl
+from runner.components import Sink
+from runner.schema import obj
+
+
+class Slow(Sink):
+    """Its first flush takes 2.5 s without raising, as a connection that stops answering."""
+
+    type = "slow"
+    config_schema = obj({}, description="A sink whose first flush hangs for a while.")
+    flushes = 0
+
+    def deliver(self, outputs):
+        self.held = [out.id for out in outputs]
+
+    def flush(self):
+        Slow.flushes += 1
+        if Slow.flushes == 1:
+            time.sleep(2.5)
+
+
+@hookimpl
+def runner_register_sinks():
+    return [Slow]
+'''
+
+
+def test_a_sink_call_that_does_not_return_is_said_while_processing_waits(tmp_path, monkeypatch, capsys):
+    (tmp_path / "slow_sink.py").write_text(SLOW_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(checkpoint_module, "SLOW_SINK_S", 0.5)
+    (tmp_path / "e.jsonl").write_text('{"a": 1}\nnot json\n')  # a dead letter for the DLQ
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({
+        "name": "p", "plugins": ["slow_sink"], "source": {"type": "file", "path": "e.jsonl"},
+        "state": {"path": "state"}, "dlq": {"type": "slow"}, "stages": [],
+        "sinks": [{"type": "jsonl", "path": "out.jsonl"}]}))
+    try:
+        assert main(["run", "p.yaml", "--until-end"]) == 0
+    finally:
+        sys.modules.pop("slow_sink", None)
+    err = capsys.readouterr().err.splitlines()
+    said = [line for line in err if line.startswith("[SINK] dlq: its flush has not returned for ")]
+    assert len(said) >= 3, err  # at 0.5 s, then every 0.5 s of the 2.5
+    assert said[0].endswith(" s; processing waits (a stop signal stops the run, and what is not confirmed "
+                            "stays in the outbox)")
+    assert not [line for line in err if line.startswith("[SINK]") and line not in said]

@@ -308,7 +308,7 @@ def test_a_killed_writer_process_fails_the_next_checkpoint_and_the_last_one_stan
     store._writer.process.send_signal(signal.SIGKILL)
     store._writer.process.wait(10)
     store.table("t").put(b"k", 2)
-    with pytest.raises(RunnerError, match="state writer process of .* ended unexpectedly .*the last checkpoint on disk stands"):
+    with pytest.raises(RunnerError, match=r"state writer process of .* ended unexpectedly \(killed by SIGKILL\); the last checkpoint on disk stands"):
         store.commit({}, [], [])
         store.in_flight(wait=True)
     store.close()
