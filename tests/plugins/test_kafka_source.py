@@ -170,6 +170,48 @@ def test_lost_broker_is_reported_and_reading_resumes_when_it_returns(monkeypatch
         embedded.stop_broker(proc)
 
 
+def test_a_broker_that_takes_connections_but_answers_no_fetch_is_reported_and_so_is_its_return(monkeypatch, capfd):
+    """A hung broker (connections are taken, requests never answered) passes a connection
+    check; the reader's fetch rate tells it, and reading resumes when it answers again."""
+    monkeypatch.setattr(source_module, "STATUS_EVERY_S", 0.3)
+    port, topic = embedded.free_port(), "events"
+    proxy = faults.Proxy(("127.0.0.1", port))
+    proc = embedded.start_broker(port, {topic: 1}, advertised_port=proxy.port)  # clients go through the proxy
+    source = make_source(proxy.address, [topic])
+    try:
+        produce(proxy.address, topic, 0, 5)
+        source.open({})
+        assert len(read(source, 5)) == 5
+        hung = f"[KAFKA] broker {proxy.address} takes connections but has answered no fetch for 5 s or more; waiting..."
+        deadline = time.monotonic() + 10
+        while source.local is not None and time.monotonic() < deadline:  # the reader process reads
+            source.poll(0.1)
+        assert source.local is None
+        assert hung not in capfd.readouterr().err  # an idle broker that answers is not hung
+
+        proxy.pause()
+        err, deadline = "", time.monotonic() + 30
+        while hung not in err and time.monotonic() < deadline:
+            assert source.poll(0.1) == []
+            err += capfd.readouterr().err
+        assert hung in err
+        assert f"[KAFKA] broker {proxy.address} unreachable" not in err
+
+        proxy.resume()
+        produce(embedded.HOST + f":{port}", topic, 0, 3)  # straight to the broker, past the proxy's stall
+        records = read(source, 3, seconds=30)
+        assert [r.offset for r in records] == [5, 6, 7]
+        err, deadline = "", time.monotonic() + 5
+        while f"[KAFKA] broker {proxy.address} is back" not in err and time.monotonic() < deadline:
+            source.poll(0.1)
+            err += capfd.readouterr().err
+        assert f"[KAFKA] broker {proxy.address} is back" in err
+    finally:
+        source.close()
+        embedded.stop_broker(proc)
+        proxy.close()
+
+
 def test_a_partition_left_beyond_its_end_is_rewound_while_others_deliver_and_its_end_moves(monkeypatch, capfd):
     """The broker restarts empty and producers go on writing: the end of a partition that
     was past its old position moves, and other partitions deliver; it must still be rewound."""
