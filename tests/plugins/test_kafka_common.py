@@ -6,7 +6,7 @@ import sys
 from kafka import TopicPartition
 
 from plugins import kafka_common as kc
-from tests.plugins.test_kafka_sink import make_sink
+from tests.plugins.sinks.test_kafka_sink import make_sink
 
 SLOW = {"fetch_max_wait_ms": 500}  # a good setting for a source on Apache Kafka
 

@@ -139,6 +139,6 @@ def test_a_full_disk_is_retried_until_it_has_room_and_each_line_is_written_once(
 
     path = tmp_path / "out.jsonl"
     proc = subprocess.run([sys.executable, "-c", FILE_SIZE_LIMITED, str(path)], capture_output=True, text=True,
-                          timeout=60, cwd=Path(__file__).resolve().parents[2])
+                          timeout=60, cwd=Path(__file__).resolve().parents[3])
     assert proc.returncode == 0, proc.stderr
     assert path.read_bytes() == b'{"n":0}\n{"n":1}\n{"n":2}\n{"n":3}\n'

@@ -151,7 +151,7 @@ def test_late_is_strictly_before_the_partition_watermark_and_a_session_closes_af
 
 
 def test_sessions_worked_example_through_the_driver(tmp_path):
-    example = Path(__file__).resolve().parents[3] / "shared" / "examples" / "sessions"
+    example = Path(__file__).resolve().parents[4] / "shared" / "examples" / "sessions"
     pipeline = yaml.safe_load((example / "pipeline.yaml").read_text())
     raw = [line.encode() for line in (example / "events.jsonl").read_text().splitlines()]
     out = Driver(pipeline, tmp_path).run(raw, drain=True)

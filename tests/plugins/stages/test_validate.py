@@ -17,7 +17,7 @@ from runner.components import ConfigError, Context
 from runner.outputs import Emitter
 from runner.state import MemoryStore
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCHEMA = json.loads((ROOT / "schemas" / "click_event.schema.json").read_text())
 FAST = compile_schema(SCHEMA)
 FULL = jsonschema.Draft7Validator(SCHEMA)

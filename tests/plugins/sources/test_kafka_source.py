@@ -290,7 +290,7 @@ def test_a_dead_reader_process_is_an_error_naming_it(broker, topic_factory):
 
 READER_PARENT = """
 import sys, time
-from tests.plugins.test_kafka_source import make_source
+from tests.plugins.sources.test_kafka_source import make_source
 source = make_source(sys.argv[1], [sys.argv[2]])
 source.open({})
 print(source.reader.process.pid, flush=True)

@@ -23,7 +23,7 @@ from plugins.bench.recovery import EXTRA
 from runner.cli import main
 from runner.state import LmdbStore
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def positive(*values):
