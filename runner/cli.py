@@ -197,6 +197,3 @@ def _in_memory(pipeline, args) -> bool:
     print(f"{args.pipeline}: state.backend is memory: nothing is persisted", file=sys.stderr)
     return True
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -36,7 +36,7 @@ def produce(bootstrap: str, topic: str, count: int, seed: int = 7, bad_ratio: fl
 
 
 def runner_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "runner.cli", *args]
+    return [sys.executable, "-m", "runner", *args]
 
 
 def run(*args: str, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:

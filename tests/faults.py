@@ -204,7 +204,7 @@ class Runner:
 
     def __init__(self, *args: str):
         self.args = args
-        self.proc = subprocess.Popen([sys.executable, "-m", "runner.cli", *args], cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []

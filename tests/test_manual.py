@@ -56,7 +56,7 @@ def test_shipped_pipelines_are_the_three_of_the_contract():
 
 
 def test_runner_plugins_lists_every_builtin_with_its_keys():
-    out = subprocess.run([sys.executable, "-m", "runner.cli", "plugins"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "runner", "plugins"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     for name in ("kafka", "file", "generator", "validate", "aggregate", "tumbling_window", "hopping_window",
                  "session_window", "console", "jsonl"):

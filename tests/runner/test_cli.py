@@ -82,7 +82,7 @@ def test_state_dump_or_reset_of_a_memory_pipeline_exits_2(workdir, capsys, actio
 def test_state_reset_without_terminal_or_yes_deletes_nothing(workdir):
     path = write(workdir, BASE)
     assert main(["run", path, "--until-end"]) == 0
-    proc = subprocess.run([sys.executable, "-m", "runner.cli", "state", "reset", path], cwd=workdir,
+    proc = subprocess.run([sys.executable, "-m", "runner", "state", "reset", path], cwd=workdir,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True)
     assert proc.returncode == 2 and "--yes" in proc.stderr
     assert (workdir / "state").exists()
@@ -108,11 +108,11 @@ def test_a_state_made_by_another_pipeline_is_refused(workdir, capsys):
 
 def test_a_second_runner_on_the_same_state_is_refused(workdir):
     path = write(workdir, BASE.replace("path: events.jsonl", "path: events.jsonl, topic: events"))
-    first = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", path], cwd=workdir,
+    first = subprocess.Popen([sys.executable, "-m", "runner", "run", path], cwd=workdir,
                              stdout=subprocess.PIPE, text=True)
     try:
         first.stdout.readline()  # the start line: it holds the lock by now
-        second = subprocess.run([sys.executable, "-m", "runner.cli", "run", path, "--until-end"], cwd=workdir,
+        second = subprocess.run([sys.executable, "-m", "runner", "run", path, "--until-end"], cwd=workdir,
                                 capture_output=True, text=True, timeout=60)
         assert second.returncode == 1
         assert "in use by another runner" in second.stderr
@@ -156,7 +156,7 @@ def test_a_session_stage_without_key_by_is_refused_with_the_line(workdir, capsys
 @pytest.mark.parametrize("buffered", [False, True], ids=["unbuffered", "buffered"])
 def test_a_listing_whose_reader_is_gone_ends_without_a_traceback(buffered):
     env = {k: v for k, v in os.environ.items() if not (buffered and k == "PYTHONUNBUFFERED")}
-    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "plugins"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "plugins"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # before it prints: as `runner plugins | head -0` does
     try:

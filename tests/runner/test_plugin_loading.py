@@ -73,7 +73,7 @@ def test_a_broken_plugin_module_is_one_line_naming_it(tmp_path, module):
                                      "dlq: {type: jsonl, path: d.jsonl}\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
     for command in ("validate", "run"):
-        proc = subprocess.run([sys.executable, "-m", "runner.cli", command, "p.yaml"], cwd=tmp_path, env=env,
+        proc = subprocess.run([sys.executable, "-m", "runner", command, "p.yaml"], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=60)
         assert (proc.returncode, proc.stderr.splitlines()) == (2, [expected]), proc.stderr
 
@@ -104,7 +104,7 @@ def installed(site: Path, name: str, module: str, text: str) -> None:
 
 def run_cli(site: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
-    return subprocess.run([sys.executable, "-m", "runner.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -145,7 +145,7 @@ def test_a_plugin_shadowed_by_a_broken_copy_earlier_on_the_path_is_not_loaded(tm
     installed(tmp_path / "new", "dedup", "dedup_stage", stage)
     installed(tmp_path / "old", "dedup", "dedup_old", "raise ImportError('stale')\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "old"), str(tmp_path / "new"), str(ROOT)]))
-    proc = subprocess.run([sys.executable, "-m", "runner.cli", "plugins"], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "runner", "plugins"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "dedup " not in proc.stdout  # not the copy the warning did not name
     assert proc.stderr.startswith("WARNING: installed plugin dedup (dedup_old, of dedup 1.0) cannot be loaded")

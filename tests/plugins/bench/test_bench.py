@@ -197,7 +197,7 @@ def test_bench_reports_every_bad_pipeline_file_as_validate_does_before_starting_
 
 
 def test_ctrl_c_stops_the_broker_and_removes_the_temporary_files():
-    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "runner.cli", "bench", "--quick",
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "runner", "bench", "--quick",
                              "--rate", "100", "--latency-seconds", "600"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
