@@ -18,6 +18,7 @@ from runner.components import NO_RECORD, Context, Event, Record, RunnerError
 from runner.display import show
 from runner.eventtime import EventTime
 from runner.outputs import Emitter, Output
+from runner.sink_states import sink_states
 from runner.state import FORMAT, READS, LmdbStore, MemoryStore, Store
 from runner.times import duration_ms, format_duration, format_watermark
 
@@ -185,8 +186,27 @@ class Runner:
 
     # --- set up -------------------------------------------------------------------------
     def _open(self) -> None:
-        s = self.settings
+        """Open state, source, stages and sinks, in this order, and deliver the outbox again."""
         started = time.perf_counter()
+        number = self._open_state()
+        # the source first: it may start reading ahead while the rest is set up
+        stored_offsets = self.store.meta("offsets", {}) or {}
+        self._open_source(stored_offsets)
+        self._build_processors()
+        outbox = [(seq, Output.from_tuple(item)) for seq, item in self.store.outbox()]  # read once, for all below
+        restarted = self._open_sinks(number, outbox)
+        self._start_event_time()
+        if outbox and restarted:
+            self._commit()  # the sinks' new states on disk before the outbox reaches them
+            self.checkpoint.settle()
+        self.checkpoint.redeliver()
+        self.opened = True  # before the start line: a stop asked for once it is out is a clean one
+        self._report_start(number, stored_offsets, len(outbox), (time.perf_counter() - started) * 1000)
+
+    def _open_state(self) -> int:
+        """Build the source and stages, open the store and check that this pipeline may read
+        it; return the stored checkpoint's number (0: none)."""
+        s = self.settings
         self.source, = build(self.pipeline, "source")
         self.max_bytes = s["source"].get("max_record_bytes", 1 << 20)
         self.stages = build_stages(self.pipeline)
@@ -200,10 +220,9 @@ class Runner:
         stored = self.store.meta("fingerprints") or {}
         fingerprints = {**{name: fp for name, fp in stored.items() if sizes.get(name)}, **fingerprints_of(self.stages)}
         self.meta_fixed = {"format": FORMAT, "pipeline": s["name"], "fingerprints": fingerprints}
-        number = self.store.meta("checkpoint", 0)
+        return self.store.meta("checkpoint", 0)
 
-        # the source first: it may start reading ahead while the rest is set up
-        stored_offsets = self.store.meta("offsets", {}) or {}
+    def _open_source(self, stored_offsets: dict) -> None:
         try:
             self.positions = dict(self.source.open(dict(stored_offsets)))
         except Exception as exc:
@@ -212,66 +231,73 @@ class Runner:
         self.stop = self.source.end_offsets() if self.bounded else None
         self._started_at = {p: min(self.positions.get(p, 0), end) for p, end in (self.stop or {}).items()}
 
-        routes = {d["name"]: tuple(d["to"]) if d.get("to") else None for d in s["stages"]}
-        self.emit = Emitter(s["name"], routes)
+    def _build_processors(self) -> None:
+        """Each stage's running logic, over its table of the store."""
+        routes = {d["name"]: tuple(d["to"]) if d.get("to") else None for d in self.settings["stages"]}
+        self.emit = Emitter(self.settings["name"], routes)
         self.processors = [st.build(self.store.table(st.name), self.emit) for st in self.stages]
         windowed = [i for i, st in enumerate(self.stages) if st.windowed]
         self.first_windowed = windowed[0] if windowed else None
         self.windowed = [self.processors[i] for i in windowed]
 
+    def _open_sinks(self, number: int, outbox: list) -> bool:
+        """Open every sink from its committed state and set up the checkpoint; True when a
+        sink starts from another state than the stored one (new, or restated by its ``open``),
+        which must be committed before the outbox reaches it."""
+        s = self.settings
         self.sinks = build_sinks(self.pipeline)
         self.result_sinks = tuple(d["name"] for d in s["sinks"])  # where a result without ``to:`` goes
         formatters = {st.name: st.format_result for st in self.stages}
         for sink in self.sinks.values():
             sink.context.formatters = formatters
-        outbox = [(seq, Output.from_tuple(item)) for seq, item in self.store.outbox()]  # read once, for all below
-        sink_states, new, renames = self._sink_states(number, outbox)
+        states, new, renames = sink_states(self.store, self.sinks, self.result_sinks, s["name"], number,
+                                           outbox, self.log)
         restated = []  # sinks that start from another state than the stored one (see Sink.open)
         for name, sink in self.sinks.items():
             try:
-                begins_from = sink.open(sink_states[name])
+                begins_from = sink.open(states[name])
             except Exception as exc:
                 raise plugin_failure(sink, "open", exc) from None
             if begins_from is not None:
-                sink_states[name] = committable(sink, "open", begins_from)
+                states[name] = committable(sink, "open", begins_from)
                 restated.append(name)
         for name in new:
             if name not in restated:
-                sink_states[name] = committable(self.sinks[name], "fresh_start", self.sinks[name].fresh_start())
+                states[name] = committable(self.sinks[name], "fresh_start", self.sinks[name].fresh_start())
         self.meta_fixed["sink_types"] = {name: sink.type for name, sink in self.sinks.items()}
         next_seq = outbox[-1][0] + 1 if outbox else 0
         self.checkpoint = Checkpoint(self.store, self.sinks, self.result_sinks, number,
                                      next_seq, should_stop=lambda: self.stop_requested, log=self.log,
                                      output_closed=self._output_closed)
-        self.checkpoint.sink_states = dict(sink_states)
+        self.checkpoint.sink_states = dict(states)
         self.checkpoint.restore(outbox, renames)
         if self.observer is not None:
             self.checkpoint.on_durable = self._durable
+        return bool(new or restated)
 
+    def _start_event_time(self) -> None:
+        """With window stages: event time and the watermark as stored, and the windows that
+        are final under them emitted."""
         self.tracker = None
-        if self.first_windowed is not None:
-            et = s["event_time"]
-            self.tracker = EventTime(
-                self.stages[0].context, self.stages[self.first_windowed].name,
-                duration_ms(et["grace"]), duration_ms(et["idle_timeout"]) if not self.bounded else 0,
-                # the partitions of the source's topics at start only (CONTRACT section 6): one
-                # that is no longer read would hold the watermark back for good
-                {p: h for p, h in (self.store.meta("event_time", {}) or {}).items() if p in self.positions},
-                self.store.meta("watermark", -math.inf))
-            self.tracker.add_partitions(self.positions)
-            if self.tracker.watermark == math.inf:
-                self.log(f"WARNING: the state at {s['state']['path']} was drained (watermark +inf): every event "
-                         f"is late for the window stages from now on (CONTRACT section 6: the watermark never goes "
-                         f"back); 'runner state reset' starts over", file=sys.stderr)
-            # windows final under the stored event time with today's grace (or a stage back
-            # under its old name) are emitted now, not only once a record comes
-            self._advance(self.tracker.recompute())
-        if outbox and (new or restated):
-            self._commit()  # the sinks' new states on disk before the outbox reaches them
-            self.checkpoint.settle()
-        self.checkpoint.redeliver()
-        self.opened = True  # before the start line: a stop asked for once it is out is a clean one
-        self._report_start(number, stored_offsets, len(outbox), (time.perf_counter() - started) * 1000)
+        if self.first_windowed is None:
+            return
+        s = self.settings
+        et = s["event_time"]
+        self.tracker = EventTime(
+            self.stages[0].context, self.stages[self.first_windowed].name,
+            duration_ms(et["grace"]), duration_ms(et["idle_timeout"]) if not self.bounded else 0,
+            # the partitions of the source's topics at start only (CONTRACT section 6): one
+            # that is no longer read would hold the watermark back for good
+            {p: h for p, h in (self.store.meta("event_time", {}) or {}).items() if p in self.positions},
+            self.store.meta("watermark", -math.inf))
+        self.tracker.add_partitions(self.positions)
+        if self.tracker.watermark == math.inf:
+            self.log(f"WARNING: the state at {s['state']['path']} was drained (watermark +inf): every event "
+                     f"is late for the window stages from now on (CONTRACT section 6: the watermark never goes "
+                     f"back); 'runner state reset' starts over", file=sys.stderr)
+        # windows final under the stored event time with today's grace (or a stage back
+        # under its old name) are emitted now, not only once a record comes
+        self._advance(self.tracker.recompute())
 
     def _check_positions(self, stored: dict, reported: dict) -> None:
         """Say so where the source starts a partition before its checkpointed offset, unless
@@ -285,86 +311,6 @@ class Runner:
                          f"restarted empty), or the source does not start where it is told and records "
                          f"{position}..{offset - 1} are counted again (a source's open must return the offsets it "
                          f"is given)", file=sys.stderr)
-
-    def _sink_states(self, number: int, outbox: list) -> tuple[dict, list[str], dict]:
-        """Each sink's committed state (None: none), the sinks that no run of this state gave
-        anything (see ``Sink.fresh_start``), and the renames {old name: new name}; ``outbox``
-        is the stored one, as (seq, Output).
-
-        A sink is known by name and type (meta "sink_types"; a state of an older runner
-        knows names only): one of another type under a name starts without the old one's
-        state (a DLQ switched from kafka to jsonl). With the outbox empty nothing of ours
-        waits at any sink: every sink without a state is new. With outputs waiting, a known
-        sink may have been given some before its first confirmation, so it is not new (every
-        start commits the sinks it has before it delivers anything), while a sink of a name
-        the state does not know is new, unless sinks are gone too: then the one gone sink of
-        its type was renamed to it, and it takes over that sink's state and waiting outputs,
-        so what that one was given and not confirmed is written once. Which sink became which
-        must be plain (one gone, one new, of a type the state knows), or the start is refused."""
-        stored = self.store.meta("sinks", {}) or {}
-        types = self.store.meta("sink_types")
-        pipeline = self.settings["name"]
-        known_names = types if types is not None else dict.fromkeys(stored)
-        gone = {name: kind for name, kind in known_names.items() if name not in self.sinks}
-        renames = self._renames(types, gone, known_names) if outbox and gone else {}
-        states, new = {}, []
-        for name, sink in self.sinks.items():
-            state, known = stored.get(name), name in known_names
-            old = next((old for old, now in renames.items() if now == name), None)
-            if old is not None:
-                state, known = stored.get(old), True
-                self.log(f"[{pipeline}] sink {name} takes over the committed state and the waiting outputs of sink "
-                         f"{old}, which this pipeline no longer has (renamed?)", file=sys.stderr)
-            elif known and types is not None and types[name] != sink.type:
-                self.log(f"[{pipeline}] sink {name} is a {sink.type} sink now, not {types[name]}: it starts "
-                         f"without the old one's committed state", file=sys.stderr)
-                state, known = None, False
-            elif not known:
-                state = None
-            states[name] = state
-            if state is None and (not outbox or not known):
-                new.append(name)
-        waiting = self._waiting(outbox, renames)
-        for name, sink in self.sinks.items():
-            sink.context.fresh_state = number == 0
-            sink.context.nothing_waiting = name in new or name not in waiting
-        lost = [out for _, out in outbox if out.kind == "result"
-                and any(target in gone and target not in renames for target in out.targets or gone)]
-        if lost:
-            names = sorted(set(gone) - set(renames))
-            self.log(f"WARNING: {len(lost)} outputs of the outbox were meant for sink{'s' * (len(names) > 1)} "
-                     f"{', '.join(names)}, which this pipeline no longer has: they never reach "
-                     f"{'them' if len(names) > 1 else 'it'}", file=sys.stderr)
-        return states, new, renames
-
-    def _waiting(self, outbox: list, renames: dict) -> set:
-        """The sinks that outputs of the outbox are for (after ``renames``)."""
-        names = set()
-        for _, out in outbox:
-            names.update(renames.get(name, name) for name in out.targets or self.result_sinks)
-        return names
-
-    def _renames(self, types: dict | None, gone: dict, known: dict) -> dict:
-        """With outputs waiting and sinks gone: {gone sink: the new sink that takes its place};
-        RunnerError when new sinks come beside gone ones and which became which is not plain
-        (more than one of a type, or a state of an older runner, which kept no types)."""
-        fresh = [name for name in self.sinks if name not in known]
-        if fresh and types is None:
-            raise RunnerError(f"sinks {', '.join(gone)} are gone and {', '.join(fresh)} are new while outputs wait "
-                              f"in the outbox for the sinks the last run had, and this state (of an older runner) "
-                              f"does not tell which became which: start once with the old sinks to deliver them")
-        renames = {}
-        for kind in set(gone.values()):
-            olds = [name for name, was in gone.items() if was == kind]
-            news = [name for name in fresh if self.sinks[name].type == kind]
-            if len(olds) == 1 and len(news) == 1:
-                renames[olds[0]] = news[0]
-            elif news:
-                raise RunnerError(f"sinks {', '.join(olds)} are gone and {', '.join(news)} are new, of type {kind}, "
-                                  f"while outputs wait in the outbox for the sinks the last run had: which became "
-                                  f"which is not plain; start once with the old sinks to deliver them, or rename "
-                                  f"one sink at a time")
-        return renames
 
     def _report_start(self, number, offsets, outbox, elapsed_ms) -> None:
         name = self.settings["name"]
