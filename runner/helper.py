@@ -87,20 +87,16 @@ class Helper:
         except subprocess.TimeoutExpired:
             return None
 
-    def killed(self) -> str | None:
-        """The signal that ended the child (``SIGKILL``), or None if it exited, or runs."""
+    def how_it_ended(self) -> str:
+        """For a message: ``killed by SIGKILL`` or ``exit status 1`` (waiting for it as
+        ``exit_status`` does, once)."""
         status = self.exit_status()
         if status is None or status >= 0:
-            return None
+            return f"exit status {status}"
         try:
-            return signal.Signals(-status).name
+            return f"killed by {signal.Signals(-status).name}"
         except ValueError:
-            return f"signal {-status}"
-
-    def how_it_ended(self) -> str:
-        """For a message: ``killed by SIGKILL`` or ``exit status 1``."""
-        signame = self.killed()
-        return f"killed by {signame}" if signame else f"exit status {self.exit_status()}"
+            return f"killed by signal {-status}"
 
     def close(self, timeout: float = STOP_WAIT_S, message=("stop",)) -> None:
         """Tell the child to stop (``message``; None: kill it) and wait for it, reading (and

@@ -709,6 +709,24 @@ def run_with_crashes(driver, records: list, plan):
     return driver.run(drain=True)
 
 
+def assert_crashes_change_nothing(new_driver, pipeline: dict, records: list, data) -> None:
+    """A run over ``records`` that crashes between checkpoints (every 3-10 records) as a
+    drawn plan says ends as one clean run does, and as the model says. ``new_driver(pipeline,
+    directory)`` makes a driver (``runner.testing.Driver``); ``data`` is hypothesis'
+    ``st.data()``."""
+    import tempfile
+
+    from hypothesis import strategies as st
+
+    pipeline["checkpoint"]["every_events"] = data.draw(st.integers(3, 10))
+    plan = data.draw(crash_plans(len(records)))
+    with tempfile.TemporaryDirectory() as clean_dir, tempfile.TemporaryDirectory() as crash_dir:
+        clean = new_driver(pipeline, clean_dir).run(records, drain=True)
+        final = run_with_crashes(new_driver(pipeline, crash_dir), records, plan)
+    assert_same_as_clean_run(clean, final)
+    assert_matches(expected(pipeline, records, drain=True), final)
+
+
 def assert_same_as_clean_run(clean, final) -> None:
     """Exactly once in both sinks and the same sets and dump (but ``checkpoint``) as one clean run."""
     assert_same_results(by_id(clean.results), final.results, STRICT_INTS)

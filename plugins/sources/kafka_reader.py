@@ -83,9 +83,10 @@ class Fetch:
                   [r.key for r in rs], [r.value for r in rs]) for tp, rs in batches.items() if rs]
         status = {name: (consumer.position(tp, timeout_ms=0), consumer.highwater(tp))
                   for name, tp in self.by_key.items()}
-        if parts:
+        if parts:  # the broker answers: what ``answering`` says until it looks again
             self.answered = True
-        return parts, status, self.answered if parts else self.answering()
+            return parts, status, True
+        return parts, status, self.answering()
 
     def answering(self) -> bool | None:
         """False when the broker has answered none of the consumer's fetches for the last 5
@@ -178,8 +179,9 @@ class Reader(Helper):
 
     def _gone(self) -> str:
         # what it said before it exited is above; a killed one said nothing
-        return (f"the Kafka reader process of {self.servers} ended unexpectedly ({self.how_it_ended()})"
-                + ("" if self.killed() else "; see its messages above"))
+        ended = self.how_it_ended()
+        return (f"the Kafka reader process of {self.servers} ended unexpectedly ({ended})"
+                + ("" if (self.process.returncode or 0) < 0 else "; see its messages above"))
 
     def _receive(self):
         try:

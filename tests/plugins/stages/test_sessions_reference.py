@@ -40,10 +40,6 @@ def session_pipelines(draw):
     return reference.drawn_pipeline(draw, "sref", stages, GRACES)
 
 
-def run(pipeline: dict, tmp: str) -> Driver:
-    return Driver(pipeline, tmp)
-
-
 # --- 1. a drained run equals the reference --------------------------------------------------------
 
 @PROPERTY
@@ -51,7 +47,7 @@ def run(pipeline: dict, tmp: str) -> Driver:
 def test_drained_run_matches_reference(pipeline, records):
     ref = reference.expected(pipeline, records, drain=True)
     with tempfile.TemporaryDirectory() as tmp:
-        out = run(pipeline, tmp).run(records, drain=True)
+        out = Driver(pipeline, tmp).run(records, drain=True)
     reference.assert_matches(ref, out)
     assert out.dump["stages"]["sessions"]["open"] == []
     for r in out.results:
@@ -64,13 +60,7 @@ def test_drained_run_matches_reference(pipeline, records):
 @settings(PROPERTY, max_examples=40)
 @given(pipeline=session_pipelines(), records=streams(max_size=25), data=st.data())
 def test_crashes_between_checkpoints_change_nothing(pipeline, records, data):
-    pipeline["checkpoint"]["every_events"] = data.draw(st.integers(3, 10))
-    plan = data.draw(reference.crash_plans(len(records)))
-    with tempfile.TemporaryDirectory() as clean_dir, tempfile.TemporaryDirectory() as crash_dir:
-        clean = run(pipeline, clean_dir).run(records, drain=True)
-        final = reference.run_with_crashes(run(pipeline, crash_dir), records, plan)
-    reference.assert_same_as_clean_run(clean, final)
-    reference.assert_matches(reference.expected(pipeline, records, drain=True), final)
+    reference.assert_crashes_change_nothing(Driver, pipeline, records, data)
 
 
 # --- 3. --until-end leaves the open sessions; --drain emits them ----------------------------------
@@ -81,7 +71,7 @@ def test_until_end_keeps_open_sessions_and_drain_emits_them(pipeline, records, l
     records = records + reference.closer(pipeline, records, data)
     ref = reference.Reference(pipeline)
     with tempfile.TemporaryDirectory() as tmp:
-        driver = run(pipeline, tmp)
+        driver = Driver(pipeline, tmp)
         out = driver.run(records)
         reference.assert_matches(ref.feed(records).finish(drain=False), out)
         open_before = out.dump["stages"]["sessions"]["open"]
